@@ -1,0 +1,449 @@
+//! The audit trail: what each third party was sent, and every link and
+//! revoke event, as JSON lines in `state_dir/audit.jsonl`.
+//!
+//! One task owns the file. Disclosures are counted by the cloud writer at
+//! the moment a frame is written (so a frame dropped by a revocation is
+//! never counted) in a [`Tally`] keyed by (link, topic, keys sent), and
+//! handed to the task once a second as one record per key with a count and
+//! the first and last `ts`: an assistant linked to a busy topic would
+//! otherwise cost a flash write per message. Values are never recorded,
+//! only key paths.
+//!
+//! The file is rotated past `audit.max_file_bytes` and once a day; rotated
+//! files older than `audit.retention_days` and beyond `audit.max_files` are
+//! deleted. `hearthlink audit export` reads them all, oldest first.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuditConfig;
+use crate::links::{Kind, Origin};
+
+/// Current audit file inside `state_dir`.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+const ROTATED_PREFIX: &str = "audit.";
+const ROTATE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// Records waiting for the audit task.
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// One line of the audit file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    /// A link was created or updated.
+    Link {
+        ts: i64,
+        link: String,
+        kind: Kind,
+        expose: Vec<String>,
+        commands: Vec<String>,
+    },
+    /// A link was revoked.
+    Revoke {
+        ts: i64,
+        link: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<Kind>,
+        origin: Origin,
+    },
+    /// `count` state frames on `topic` were written for `link`, carrying
+    /// these key paths (never the values).
+    Disclosure {
+        link: String,
+        kind: Kind,
+        topic: String,
+        keys: Vec<String>,
+        count: u64,
+        first_ts: i64,
+        last_ts: i64,
+    },
+}
+
+impl Record {
+    pub fn link(&self) -> &str {
+        match self {
+            Record::Link { link, .. } | Record::Revoke { link, .. } | Record::Disclosure { link, .. } => link,
+        }
+    }
+}
+
+/// Key paths of a JSON value, sorted and unique: `a`, `a.b`, `list[].x`.
+pub fn key_paths(v: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>, depth: usize) {
+        if depth > crate::privacy::MAX_DEPTH {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(child, &path, out, depth + 1);
+                    out.push(path);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                let path = format!("{prefix}[]");
+                for child in items {
+                    walk(child, &path, out, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", &mut out, 0);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Disclosures counted by the cloud writer between two flushes.
+#[derive(Debug, Default)]
+pub struct Tally {
+    entries: HashMap<(Arc<str>, Arc<str>, Arc<[String]>), (Kind, u64, i64, i64)>,
+}
+
+impl Tally {
+    pub fn add(&mut self, link: &Arc<str>, kind: Kind, topic: &Arc<str>, keys: &Arc<[String]>, ts: i64) {
+        let e = self
+            .entries
+            .entry((link.clone(), topic.clone(), keys.clone()))
+            .or_insert((kind, 0, ts, ts));
+        e.1 += 1;
+        e.2 = e.2.min(ts);
+        e.3 = e.3.max(ts);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Takes the counted disclosures as records.
+    pub fn drain(&mut self) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .entries
+            .drain()
+            .map(|((link, topic, keys), (kind, count, first_ts, last_ts))| Record::Disclosure {
+                link: link.to_string(),
+                kind,
+                topic: topic.to_string(),
+                keys: keys.to_vec(),
+                count,
+                first_ts,
+                last_ts,
+            })
+            .collect();
+        out.sort_by_key(|r| match r {
+            Record::Disclosure { first_ts, .. } => *first_ts,
+            _ => 0,
+        });
+        out
+    }
+}
+
+/// Errors of the audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit file {path} line {line}: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+}
+
+/// Handle to the audit task.
+#[derive(Debug, Clone)]
+pub struct AuditHandle {
+    tx: mpsc::Sender<Vec<Record>>,
+}
+
+impl AuditHandle {
+    /// Queues records; waits when the task is behind (records are never
+    /// dropped), at most `timeout`.
+    pub async fn record(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let t = Duration::from_secs(5);
+        match tokio::time::timeout(t, self.tx.send(records)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("audit task stopped; audit records lost"),
+            Err(_) => tracing::error!("audit task did not take records within 5 s; records lost"),
+        }
+    }
+
+    /// Queues records without waiting; returns false when the queue is full.
+    pub fn try_record(&self, records: Vec<Record>) -> bool {
+        records.is_empty() || self.tx.try_send(records).is_ok()
+    }
+}
+
+/// Creates the handle and the task future; the task writes until `token`
+/// is cancelled and every sender is gone... it drains what is queued first.
+pub fn spawn(
+    state_dir: &Path,
+    cfg: &AuditConfig,
+    token: CancellationToken,
+) -> (AuditHandle, impl std::future::Future<Output = ()>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let writer = Writer {
+        dir: state_dir.to_path_buf(),
+        max_bytes: cfg.max_file_bytes,
+        max_files: cfg.max_files as usize,
+        retention: Duration::from_secs(u64::from(cfg.retention_days) * 86_400),
+        opened: Instant::now(),
+    };
+    (AuditHandle { tx }, run(writer, rx, token))
+}
+
+async fn run(mut w: Writer, mut rx: mpsc::Receiver<Vec<Record>>, token: CancellationToken) {
+    w.housekeep();
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => break },
+            _ = tick.tick() => { w.housekeep(); continue }
+            _ = token.cancelled() => break,
+        };
+        let mut all = batch;
+        while let Ok(more) = rx.try_recv() {
+            all.extend(more);
+        }
+        w.append(&all);
+    }
+    // Drain what is already queued before stopping.
+    let mut rest = Vec::new();
+    while let Ok(more) = rx.try_recv() {
+        rest.extend(more);
+    }
+    w.append(&rest);
+}
+
+struct Writer {
+    dir: PathBuf,
+    max_bytes: u64,
+    max_files: usize,
+    retention: Duration,
+    opened: Instant,
+}
+
+impl Writer {
+    fn path(&self) -> PathBuf {
+        self.dir.join(AUDIT_FILE)
+    }
+
+    fn append(&mut self, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        let path = self.path();
+        match append_to(&path, records) {
+            Ok(len) if len > self.max_bytes || self.opened.elapsed() > ROTATE_EVERY => self.rotate(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed"),
+        }
+    }
+
+    fn rotate(&mut self) {
+        let to = self
+            .dir
+            .join(format!("{ROTATED_PREFIX}{:013}.jsonl", crate::clock::local_ms().max(0)));
+        if let Err(e) = std::fs::rename(self.path(), &to) {
+            tracing::error!(error = %e, "rotating the audit file failed");
+        }
+        self.opened = Instant::now();
+        self.housekeep();
+    }
+
+    /// Deletes rotated files past retention or past `max_files`.
+    fn housekeep(&self) {
+        let now = crate::clock::local_ms();
+        let mut rotated = rotated_files(&self.dir);
+        let keep_from = rotated.len().saturating_sub(self.max_files);
+        for (i, (at, path)) in rotated.drain(..).enumerate() {
+            let too_old = now.saturating_sub(at) > self.retention.as_millis() as i64;
+            if i < keep_from || too_old {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "removing an old audit file failed");
+                }
+            }
+        }
+    }
+}
+
+/// Appends records to the audit file at `path` and syncs it; returns the
+/// file's new length.
+fn append_to(path: &Path, records: &[Record]) -> std::io::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut buf = Vec::with_capacity(records.len() * 160);
+    for r in records {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.push(b'\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(&buf)?;
+    f.sync_data()?;
+    f.metadata().map(|m| m.len())
+}
+
+/// Appends records with no daemon running (the caller holds the state lock).
+pub fn append(state_dir: &Path, records: &[Record]) -> Result<(), AuditError> {
+    let path = state_dir.join(AUDIT_FILE);
+    append_to(&path, records)
+        .map(|_| ())
+        .map_err(|source| AuditError::Io { path, source })
+}
+
+/// Rotated audit files, oldest first, with their rotation time.
+fn rotated_files(dir: &Path) -> Vec<(i64, PathBuf)> {
+    let mut out: Vec<(i64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let stamp = name.strip_prefix(ROTATED_PREFIX)?.strip_suffix(".jsonl")?;
+            Some((stamp.parse().ok()?, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads every audit record, oldest first, optionally for one link.
+pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Vec<Record>, AuditError> {
+    let mut files: Vec<PathBuf> = rotated_files(state_dir).into_iter().map(|(_, p)| p).collect();
+    files.push(state_dir.join(AUDIT_FILE));
+    let mut out = Vec::new();
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(AuditError::Io { path, source }),
+        };
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec: Record = serde_json::from_str(line).map_err(|source| AuditError::Parse {
+                path: path.clone(),
+                line: i + 1,
+                source,
+            })?;
+            if link.is_none_or(|l| rec.link() == l) {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The export document: every record plus a summary per link.
+pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value, AuditError> {
+    let records = read_all(state_dir, link)?;
+    let mut links: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    for r in &records {
+        let entry = links.entry(r.link().to_owned()).or_insert_with(|| {
+            serde_json::json!({"kind": null, "frames_sent": 0, "topics": {}, "revoked": false})
+        });
+        match r {
+            Record::Link { kind, .. } => entry["kind"] = serde_json::json!(kind),
+            Record::Revoke { .. } => entry["revoked"] = true.into(),
+            Record::Disclosure {
+                kind,
+                topic,
+                keys,
+                count,
+                ..
+            } => {
+                entry["kind"] = serde_json::json!(kind);
+                let sent = entry["frames_sent"].as_u64().unwrap_or(0) + count;
+                entry["frames_sent"] = sent.into();
+                let t = &mut entry["topics"][topic.as_str()];
+                let prev = t["frames"].as_u64().unwrap_or(0);
+                let mut all: Vec<String> = t["keys"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                all.extend(keys.iter().cloned());
+                all.sort();
+                all.dedup();
+                *t = serde_json::json!({"frames": prev + count, "keys": all});
+            }
+        }
+    }
+    Ok(serde_json::json!({"links": links, "records": records}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_are_paths_not_values() {
+        let v = serde_json::json!({"a": 1, "b": {"c": "secret"}, "l": [{"x": 1}, {"y": 2}]});
+        assert_eq!(key_paths(&v), ["a", "b", "b.c", "l", "l[].x", "l[].y"]);
+        assert!(key_paths(&serde_json::json!("text")).is_empty());
+    }
+
+    #[test]
+    fn tally_counts_per_link_topic_keys() {
+        let mut t = Tally::default();
+        let (l, topic): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("t"));
+        let keys: Arc<[String]> = Arc::from(vec!["v".to_owned()]);
+        t.add(&l, Kind::Alexa, &topic, &keys, 5);
+        t.add(&l, Kind::Alexa, &topic, &keys, 7);
+        let recs = t.drain();
+        assert_eq!(recs.len(), 1);
+        assert!(matches!(&recs[0], Record::Disclosure { count: 2, first_ts: 5, last_ts: 7, .. }));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn write_rotate_and_export() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Writer {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 200,
+            max_files: 10,
+            retention: Duration::from_secs(86_400),
+            opened: Instant::now(),
+        };
+        for i in 0..5 {
+            w.append(&[Record::Revoke {
+                ts: i,
+                link: format!("l{i}"),
+                kind: None,
+                origin: Origin::Local,
+            }]);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(!rotated_files(dir.path()).is_empty(), "rotated past max_bytes");
+        let all = read_all(dir.path(), None).expect("read");
+        assert_eq!(all.len(), 5, "nothing lost across rotation");
+        let one = export(dir.path(), Some("l3")).expect("export");
+        assert_eq!(one["records"].as_array().map(Vec::len), Some(1));
+        assert_eq!(one["links"]["l3"]["revoked"], true);
+    }
+}

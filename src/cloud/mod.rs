@@ -1,0 +1,489 @@
+//! The cloud link: one task owns the outbound websocket.
+//!
+//! An outer loop dials (`connect`), runs one session, and waits the backoff
+//! of edge rule 8.1 before the next attempt. A session sends `hello`, waits
+//! up to 10 s for `welcome` (answering anything else with `error`), tells
+//! the relay it is up, and then in one `select!` loop: reads frames (any
+//! frame or pong proves liveness), pings every heartbeat, writes what the
+//! relay queued (batched: one flush for every frame waiting), and drops the
+//! connection when nothing arrived for two heartbeats.
+//!
+//! Revocation is enforced here twice, which is what makes it instant: a
+//! `revoke` frame revokes the link in the shared registry the moment it is
+//! read, before the relay sees it; and every link frame is checked against
+//! the registry just before it is written, so nothing queued for that link
+//! slips out behind the revocation. Disclosures are counted for the audit
+//! only once actually written.
+
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditHandle, Tally};
+use crate::backoff::{jitter, Backoff};
+use crate::clock::{local_ms, Clock};
+use crate::config::CloudConfig;
+use crate::links::{Origin, Registry};
+use crate::protocol::{self, FrameError, Inbound, Reason};
+use crate::relay::{CloudEvent, Meta, OutFrame};
+use crate::stats::Stats;
+
+/// How long the cloud has to answer `hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect, TLS and websocket handshake, together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Error frames allowed per second per connection (edge rule 8.12).
+const ERRORS_PER_SECOND: u32 = 10;
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 256;
+/// Largest message the transport accepts before closing with 1009.
+const TRANSPORT_MAX: usize = 16 * 1024 * 1024;
+
+/// Errors of one connection attempt or session.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("cloud.url {0}: {1}")]
+    Url(String, String),
+    #[error("reading cloud.token_file {path}: {source}")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS handshake with {host}: {source}")]
+    Handshake {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("websocket upgrade refused with HTTP {0} (unauthorized: check cloud.token_file)")]
+    Unauthorized(u16),
+    #[error("websocket upgrade: {0}")]
+    Upgrade(String),
+    #[error("server did not select subprotocol hearthlink.v1")]
+    Subprotocol,
+    #[error("no welcome within 10 s of hello")]
+    NoWelcome,
+    #[error("no frame or pong for {0:?}: connection dead")]
+    Dead(Duration),
+    #[error("cloud closed the connection: code {code} {reason:?}")]
+    Closed { code: u16, reason: String },
+    #[error("websocket: {0}")]
+    Ws(#[from] WsError),
+    #[error("writing to the cloud timed out")]
+    WriteTimeout,
+}
+
+impl CloudError {
+    fn is_auth(&self) -> bool {
+        matches!(self, CloudError::Unauthorized(_) | CloudError::Closed { code: 4001, .. })
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// Everything the cloud task is wired to.
+pub struct Wiring {
+    pub gateway_id: String,
+    pub cfg: CloudConfig,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<Clock>,
+    pub stats: Arc<Stats>,
+    pub audit: AuditHandle,
+    pub to_relay: mpsc::Sender<CloudEvent>,
+    pub outbox: mpsc::Receiver<OutFrame>,
+}
+
+/// Runs the cloud link until `token` is cancelled.
+pub async fn run(mut w: Wiring, token: CancellationToken) {
+    let platform = tls::platform_roots();
+    let mut backoff = Backoff::new(Duration::from_secs(w.cfg.max_backoff_s));
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = token.cancelled() => return,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&w.cfg, &platform)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(CloudError::ConnectTimeout(w.cfg.url.to_string())),
+            },
+        };
+        let (err, lived) = match result {
+            Ok(ws) => {
+                let mut s = Session::new(&mut w, ws);
+                let r = s.run(&token).await;
+                let lived = s.up_since.map(|t| t.elapsed()).unwrap_or_default();
+                s.finish().await;
+                match r {
+                    Ok(()) => return, // shut down
+                    Err(e) => (e, lived),
+                }
+            }
+            Err(e) => (e, started.elapsed().min(Duration::ZERO)),
+        };
+        let delay = if err.is_auth() {
+            tracing::error!(error = %err, "cloud refused the gateway's credentials");
+            backoff.auth_delay(jitter())
+        } else {
+            tracing::warn!(error = %err, "cloud link down");
+            backoff.next_delay(lived, jitter())
+        };
+        w.stats.cloud.down(err.to_string());
+        tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting to the cloud");
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Dials the cloud: TCP, TLS (unless an allowed `ws://`), websocket upgrade
+/// with the token and subprotocol.
+async fn connect(cfg: &CloudConfig, platform: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Ws, CloudError> {
+    let url = &cfg.url;
+    let host = url
+        .host_str()
+        .ok_or_else(|| CloudError::Url(url.to_string(), "no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| CloudError::Url(url.to_string(), "no port".into()))?;
+    let token_text = std::fs::read_to_string(&cfg.token_file).map_err(|source| CloudError::Token {
+        path: cfg.token_file.display().to_string(),
+        source,
+    })?;
+    let addr = format!("{host}:{port}");
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|source| CloudError::Connect { addr: addr.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if url.scheme() == "ws" {
+        tracing::warn!(url = %url, "cloud.allow_insecure: connecting without TLS");
+        Box::new(tcp)
+    } else {
+        let config = tls::client_config(platform, cfg.ca_file.as_deref(), &cfg.pin_sha256)?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| CloudError::Url(url.to_string(), e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| CloudError::Handshake { host: host.clone(), source })?;
+        Box::new(tls)
+    };
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| CloudError::Url(url.to_string(), e.to_string()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", token_text.trim()))
+        .map_err(|_| CloudError::Upgrade("cloud.token_file holds characters not allowed in a header".into()))?;
+    req.headers_mut().insert("Authorization", bearer);
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol::SUBPROTOCOL));
+    let mut ws_cfg = WebSocketConfig::default();
+    ws_cfg.max_message_size = Some(TRANSPORT_MAX);
+    ws_cfg.max_frame_size = Some(TRANSPORT_MAX);
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_cfg))
+        .await
+        .map_err(|e| match e {
+            WsError::Http(resp) if matches!(resp.status().as_u16(), 401 | 403) => {
+                CloudError::Unauthorized(resp.status().as_u16())
+            }
+            WsError::Http(resp) => CloudError::Upgrade(format!("HTTP {}", resp.status())),
+            WsError::Protocol(p) if p.to_string().contains("SubProtocol") => CloudError::Subprotocol,
+            other => CloudError::Upgrade(other.to_string()),
+        })?;
+    let selected = resp.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
+    if selected != Some(protocol::SUBPROTOCOL) {
+        return Err(CloudError::Subprotocol);
+    }
+    Ok(ws)
+}
+
+/// One connected session.
+struct Session<'a> {
+    w: &'a mut Wiring,
+    ws: Ws,
+    heartbeat: Duration,
+    last_rx: Instant,
+    up_since: Option<Instant>,
+    errors_window: (Instant, u32),
+    tally: Tally,
+    told_relay_up: bool,
+}
+
+enum Step {
+    Continue,
+    Stop(Result<(), CloudError>),
+}
+
+impl<'a> Session<'a> {
+    fn new(w: &'a mut Wiring, ws: Ws) -> Self {
+        let heartbeat = Duration::from_secs(w.cfg.heartbeat_s);
+        Session {
+            w,
+            ws,
+            heartbeat,
+            last_rx: Instant::now(),
+            up_since: None,
+            errors_window: (Instant::now(), 0),
+            tally: Tally::default(),
+            told_relay_up: false,
+        }
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), CloudError> {
+        let n = text.len() as u64;
+        tokio::time::timeout(self.heartbeat * 2, self.ws.send(Message::Text(text)))
+            .await
+            .map_err(|_| CloudError::WriteTimeout)??;
+        Stats::add(&self.w.stats.bytes_up, n);
+        Ok(())
+    }
+
+    /// Sends an `error` frame unless this connection is over its budget.
+    async fn send_error(&mut self, err: FrameError) -> Result<(), CloudError> {
+        let (start, count) = &mut self.errors_window;
+        if start.elapsed() >= Duration::from_secs(1) {
+            *start = Instant::now();
+            *count = 0;
+        }
+        if *count >= ERRORS_PER_SECOND {
+            Stats::add(&self.w.stats.errors_dropped, 1);
+            return Ok(());
+        }
+        *count += 1;
+        Stats::add(&self.w.stats.errors_sent, 1);
+        self.send_text(protocol::encode_error(&err)).await
+    }
+
+    async fn run(&mut self, token: &CancellationToken) -> Result<(), CloudError> {
+        self.send_text(protocol::encode_hello(&self.w.gateway_id)).await?;
+        let welcome_by = tokio::time::Instant::now() + WELCOME_TIMEOUT;
+        let mut ping = tokio::time::interval(self.heartbeat);
+        ping.reset();
+        let mut audit_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let dead_at = tokio::time::Instant::from_std(self.last_rx + self.heartbeat * 2);
+            let step = tokio::select! {
+                _ = token.cancelled() => Step::Stop(Ok(())),
+                msg = self.ws.next() => self.on_message(msg).await,
+                Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
+                _ = ping.tick() => match self.ws.send(Message::Ping(Vec::new())).await {
+                    Ok(()) => Step::Continue,
+                    Err(e) => Step::Stop(Err(e.into())),
+                },
+                _ = tokio::time::sleep_until(welcome_by), if self.up_since.is_none() => {
+                    let _ = self.close(CloseCode::Protocol, "welcome expected").await;
+                    Step::Stop(Err(CloudError::NoWelcome))
+                }
+                _ = tokio::time::sleep_until(dead_at) => Step::Stop(Err(CloudError::Dead(self.heartbeat * 2))),
+                _ = audit_tick.tick() => { self.flush_audit().await; Step::Continue }
+            };
+            if let Step::Stop(r) = step {
+                if r.is_ok() {
+                    let _ = self.close(CloseCode::Away, "gateway shutting down").await;
+                }
+                return r;
+            }
+        }
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), CloudError> {
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        };
+        tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame)))
+            .await
+            .map_err(|_| CloudError::WriteTimeout)??;
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        let msg = match msg {
+            None => return Step::Stop(Err(CloudError::Closed { code: 1006, reason: "connection ended".into() })),
+            Some(Err(e)) => return Step::Stop(Err(e.into())),
+            Some(Ok(m)) => m,
+        };
+        self.last_rx = Instant::now();
+        let r = match msg {
+            Message::Text(text) => {
+                Stats::add(&self.w.stats.bytes_down, text.len() as u64);
+                self.on_text(&text).await
+            }
+            Message::Binary(_) => {
+                self.send_error(FrameError::invalid("binary frames are not part of the protocol")).await
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Step::Stop(Err(CloudError::Closed { code, reason }));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        };
+        match r {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Stop(Err(e)),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), CloudError> {
+        if text.len() > self.w.cfg.max_frame_bytes {
+            return self
+                .send_error(FrameError {
+                    reason: Reason::TooLarge,
+                    message: format!("frame of {} bytes is over cloud.max_frame_bytes", text.len()),
+                })
+                .await;
+        }
+        let frame = match protocol::decode(text) {
+            Ok(f) => f,
+            Err(e) => return self.send_error(e).await,
+        };
+        if let Inbound::Welcome { server_time, heartbeat_s } = frame {
+            self.w.clock.set_server_time(server_time, local_ms());
+            if let Some(h) = heartbeat_s {
+                self.heartbeat = Duration::from_secs(h);
+            }
+            if self.up_since.is_none() {
+                self.up_since = Some(Instant::now());
+                self.w.stats.cloud.up();
+                tracing::info!(url = %self.w.cfg.url, offset_ms = self.w.clock.offset_ms(), "cloud session up");
+                self.tell_relay(CloudEvent::Up).await?;
+                self.told_relay_up = true;
+            }
+            return Ok(());
+        }
+        if self.up_since.is_none() {
+            return self.send_error(FrameError::invalid("welcome expected")).await;
+        }
+        if let Inbound::Revoke { link_id, .. } = &frame {
+            // Instant: no frame for this link is written after this line.
+            self.w.registry.revoke(link_id, Origin::Cloud, self.w.clock.now_ms());
+        }
+        self.tell_relay(CloudEvent::Frame(frame)).await
+    }
+
+    async fn tell_relay(&mut self, ev: CloudEvent) -> Result<(), CloudError> {
+        // The relay never blocks on us, so this wait is short.
+        self.w
+            .to_relay
+            .send(ev)
+            .await
+            .map_err(|_| CloudError::Upgrade("relay stopped".into()))
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_batch(&mut self, first: OutFrame) -> Step {
+        let mut written = Vec::new();
+        let mut next = Some(first);
+        let mut n = 0;
+        let mut result: Result<(), CloudError> = Ok(());
+        while let Some(f) = next.take() {
+            if self.allowed(&f) {
+                let len = f.text.len() as u64;
+                let r = tokio::time::timeout(self.heartbeat * 2, self.ws.feed(Message::Text(f.text.clone()))).await;
+                match r {
+                    Ok(Ok(())) => {
+                        Stats::add(&self.w.stats.bytes_up, len);
+                        written.push(f);
+                    }
+                    Ok(Err(e)) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                    Err(_) => {
+                        result = Err(CloudError::WriteTimeout);
+                        break;
+                    }
+                }
+            }
+            n += 1;
+            if n < WRITE_BATCH {
+                next = self.w.outbox.try_recv().ok();
+            }
+        }
+        if result.is_ok() {
+            result = match tokio::time::timeout(self.heartbeat * 2, self.ws.flush()).await {
+                Ok(r) => r.map_err(CloudError::from),
+                Err(_) => Err(CloudError::WriteTimeout),
+            };
+        }
+        if result.is_ok() {
+            for f in &written {
+                self.on_written(f).await;
+            }
+        }
+        match result {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Stop(Err(e)),
+        }
+    }
+
+    /// The revocation check made just before a frame is written.
+    fn allowed(&self, f: &OutFrame) -> bool {
+        match f.link() {
+            Some(link) => self.w.registry.load().is_active(link),
+            None => true,
+        }
+    }
+
+    async fn on_written(&mut self, f: &OutFrame) {
+        match &f.meta {
+            Meta::State { audience: None, .. } => Stats::add(&self.w.stats.frames_up, 1),
+            Meta::State { audience: Some(link), topic, ts, keys } => {
+                Stats::add(&self.w.stats.link_frames_up, 1);
+                let kind = self.w.registry.load().get(link).map(|l| l.kind);
+                if let (Some(kind), Some(keys)) = (kind, keys) {
+                    self.tally.add(link, kind, topic, keys, *ts);
+                }
+            }
+            Meta::Revoked(link) => {
+                let _ = self.tell_relay(CloudEvent::Told(link.clone())).await;
+            }
+            Meta::Control => {}
+        }
+    }
+
+    async fn flush_audit(&mut self) {
+        if !self.tally.is_empty() {
+            self.w.audit.record(self.tally.drain()).await;
+        }
+    }
+
+    /// After the session: audit what was sent, hand unsent frames back.
+    async fn finish(mut self) {
+        self.flush_audit().await;
+        let mut unsent = Vec::new();
+        while let Ok(f) = self.w.outbox.try_recv() {
+            unsent.push(f);
+        }
+        if self.told_relay_up {
+            let _ = self.w.to_relay.send(CloudEvent::Down { unsent }).await;
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The local control socket and its command-line client.
+//!
+//! A Unix socket (`control_socket`, mode 0600) answering one JSON line per
+//! connection with one JSON line: `{"cmd":"links"}`, `{"cmd":"revoke",
+//! "link_id":"..."}`, `{"cmd":"status"}`. Every answer carries `"ok"`, and
+//! `"error"` when it is false. The command line uses [`request`]; when no
+//! daemon answers it falls back to the persisted state under the state-dir
+//! lock ([`revoke_offline`], [`link_rows`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::links::{self, Origin, Registry, Snapshot};
+use crate::relay::ControlRequest;
+use crate::stats::Stats;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client or the server waits for the other side.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no daemon answers on {path}: {source}")]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("daemon refused: {0}")]
+    Refused(String),
+}
+
+/// What the control socket reads.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub stats: Arc<Stats>,
+    pub clock: Arc<Clock>,
+    pub started: Instant,
+    pub gateway_id: String,
+    pub relay: mpsc::Sender<ControlRequest>,
+}
+
+/// Binds the socket, replacing a stale one, with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        // The state-dir lock proves no other daemon runs: the file is stale.
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves the control socket until `token` is cancelled.
+pub async fn serve(listener: UnixListener, shared: Shared, token: CancellationToken) {
+    let shared = Arc::new(shared);
+    loop {
+        let conn = tokio::select! {
+            _ = token.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &shared)).await {
+                        tracing::debug!(error = %e, "control client timed out");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, shared: &Shared) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let answer = match reader.read_line(&mut line).await {
+        Ok(0) => return,
+        Ok(_) => match serde_json::from_str::<Value>(&line) {
+            Ok(req) => answer(&req, shared).await,
+            Err(e) => json!({"ok": false, "error": format!("request is not JSON: {e}")}),
+        },
+        Err(e) => json!({"ok": false, "error": format!("reading request: {e}")}),
+    };
+    let mut out = answer.to_string();
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+async fn answer(req: &Value, shared: &Shared) -> Value {
+    match req.get("cmd").and_then(Value::as_str) {
+        Some("links") => json!({"ok": true, "links": link_rows(&shared.registry.load())}),
+        Some("status") => json!({"ok": true, "status": status(shared)}),
+        Some("revoke") => {
+            let Some(id) = req.get("link_id").and_then(Value::as_str) else {
+                return json!({"ok": false, "error": "revoke needs a string `link_id`"});
+            };
+            if !crate::protocol::valid_link_id(id) {
+                return json!({"ok": false, "error": "link id must be 1 to 128 bytes without control characters"});
+            }
+            // In force at once; the relay then persists it and tells the cloud.
+            shared.registry.revoke(id, Origin::Local, shared.clock.now_ms());
+            let (tx, rx) = oneshot::channel();
+            let sent = shared
+                .relay
+                .send(ControlRequest::Revoke {
+                    link_id: id.to_owned(),
+                    reply: tx,
+                })
+                .await;
+            if sent.is_err() {
+                return json!({"ok": false, "error": "relay stopped; revocation in force in memory only"});
+            }
+            match rx.await {
+                Ok(Ok(())) => json!({"ok": true, "link_id": id}),
+                Ok(Err(e)) => json!({"ok": false, "error": format!("revoked in memory, not persisted yet: {e}")}),
+                Err(_) => json!({"ok": false, "error": "relay stopped before persisting"}),
+            }
+        }
+        Some(other) => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+        None => json!({"ok": false, "error": "request needs a string `cmd`"}),
+    }
+}
+
+fn status(s: &Shared) -> Value {
+    let snap = s.registry.load();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "gateway_id": s.gateway_id,
+        "uptime_s": s.started.elapsed().as_secs(),
+        "broker": s.stats.broker.view(),
+        "cloud": s.stats.cloud.view(),
+        "clock_offset_ms": s.clock.offset_ms(),
+        "counters": {
+            "states_in": Stats::get(&s.stats.states_in),
+            "frames_up": Stats::get(&s.stats.frames_up),
+            "link_frames_up": Stats::get(&s.stats.link_frames_up),
+            "bytes_up": Stats::get(&s.stats.bytes_up),
+            "bytes_down": Stats::get(&s.stats.bytes_down),
+            "buffer_dropped": Stats::get(&s.stats.buffer_dropped),
+            "errors_sent": Stats::get(&s.stats.errors_sent),
+            "errors_dropped": Stats::get(&s.stats.errors_dropped),
+            "commands_ok": Stats::get(&s.stats.commands_ok),
+            "commands_rejected": crate::protocol::Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), Value::from(s.stats.rejected(*r))))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "links": link_rows(&snap),
+    })
+}
+
+/// One row of `links list`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LinkRow {
+    pub id: String,
+    pub kind: Option<links::Kind>,
+    pub state: String,
+    pub expose: Vec<String>,
+    pub commands: Vec<String>,
+}
+
+/// Active links first, then tombstones, each by id.
+pub fn link_rows(snap: &Snapshot) -> Vec<LinkRow> {
+    let mut rows: Vec<LinkRow> = snap
+        .active()
+        .iter()
+        .map(|l| LinkRow {
+            id: l.id.to_string(),
+            kind: Some(l.kind),
+            state: "active".into(),
+            expose: l.expose.as_slice().to_vec(),
+            commands: l.commands.as_slice().to_vec(),
+        })
+        .collect();
+    let mut revoked: Vec<LinkRow> = snap
+        .revoked()
+        .map(|r| LinkRow {
+            id: r.id.clone(),
+            kind: r.kind,
+            state: "revoked".into(),
+            expose: Vec::new(),
+            commands: Vec::new(),
+        })
+        .collect();
+    revoked.sort_by(|a, b| a.id.cmp(&b.id));
+    rows.extend(revoked);
+    rows
+}
+
+/// Sends one request to a running daemon.
+pub async fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
+    let not_running = |source| ControlError::NotRunning {
+        path: path.to_path_buf(),
+        source,
+    };
+    let proto = |message: String| ControlError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let work = async {
+        let mut stream = UnixStream::connect(path).await.map_err(not_running)?;
+        let mut line = req.to_string();
+        line.push('\n');
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| proto(format!("sending request: {e}")))?;
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| proto(format!("reading answer: {e}")))?;
+        let v: Value = serde_json::from_str(&answer).map_err(|e| proto(format!("answer is not JSON: {e}")))?;
+        if v.get("ok") == Some(&Value::Bool(true)) {
+            Ok(v)
+        } else {
+            let msg = v.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+            Err(ControlError::Refused(msg.to_owned()))
+        }
+    };
+    tokio::time::timeout(IO_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(proto("daemon did not answer within 5 s".into())))
+}
+
+/// Revokes a link with no daemon running: under the state-dir lock, in the
+/// persisted file, noted as not yet told to the cloud (edge rule 8.10).
+/// Returns false when it was already revoked.
+pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::LinksError> {
+    let _lock = links::StateLock::try_acquire(state_dir)?;
+    let registry = Registry::from_file(links::load_file(state_dir)?)?;
+    let kind = registry.load().get(link_id).map(|l| l.kind);
+    let at = crate::clock::local_ms();
+    let newly = registry.revoke(link_id, Origin::Local, at);
+    if newly {
+        links::save(state_dir, &registry.load().to_file())?;
+        crate::audit::append(
+            state_dir,
+            &[crate::audit::Record::Revoke {
+                ts: at,
+                link: link_id.to_owned(),
+                kind,
+                origin: Origin::Local,
+            }],
+        )
+        .map_err(|e| links::LinksError::Write {
+            path: state_dir.join(crate::audit::AUDIT_FILE),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(newly)
+}
+
+/// Prints a `status` answer for a person, in 80 columns.
+pub fn print_status(v: &Value) {
+    let side = |name: &str, s: &Value| {
+        let state = if s["connected"] == true { "connected" } else { "DOWN" };
+        let mut line = format!("{name:<8} {state:<10} reconnects {}", s["reconnects"]);
+        if let Some(err) = s["last_error"].as_str() {
+            line.push_str(&format!("\n         last error: {err}"));
+        }
+        println!("{line}");
+    };
+    println!(
+        "hearthlink {} gateway {} up {} s, clock offset {} ms",
+        v["version"].as_str().unwrap_or("?"),
+        v["gateway_id"].as_str().unwrap_or("?"),
+        v["uptime_s"],
+        v["clock_offset_ms"]
+    );
+    side("broker", &v["broker"]);
+    side("cloud", &v["cloud"]);
+    let c = &v["counters"];
+    println!(
+        "states in {}  frames up {}  link frames {}  buffer dropped {}",
+        c["states_in"], c["frames_up"], c["link_frames_up"], c["buffer_dropped"]
+    );
+    println!("commands ok {}  rejected {}", c["commands_ok"], c["commands_rejected"]);
+    if let Some(links) = v["links"].as_array() {
+        for l in links {
+            println!(
+                "link {:<24} {:<8} {}",
+                l["id"].as_str().unwrap_or("?"),
+                l["kind"].as_str().unwrap_or("-"),
+                l["state"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! hearthlink: a home-automation gateway bridge.
+//!
+//! # Layout
+//! - [`config`]: file + environment into a validated [`config::Config`].
+//! - [`protocol`]: the frames of `docs/protocol.md`, decoded and encoded.
+//! - [`cloud`]: the task owning the outbound TLS websocket.
+//! - [`mqtt`]: the task owning the broker connection.
+//! - [`relay`]: the task routing between the two; its sub-modules are the
+//!   pure decision core (command checks, idempotency, coalescing).
+//! - [`privacy`]: the pure filter applied to every frame for an assistant.
+//! - [`links`]: the link registry (lock-free snapshot) and its persistence.
+//! - [`audit`]: the task owning the audit trail, and its export.
+//! - [`control`]: the local control socket and its command-line client.
+//! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`stats`]:
+//!   small pure helpers.
+//!
+//! [`run`] wires the tasks together; `main.rs` only parses arguments.
+//!
+//! # Tasks and channels
+//! ```text
+//!  broker ──mqtt task──(Incoming, bounded, waits)──► relay task ──(OutFrame, bounded, try_send)──► cloud task ── websocket
+//!                ▲                                       ▲   ▲                                       │
+//!                └──────── MqttHandle (publish) ─────────┘   └──────── CloudEvent (bounded) ─────────┘
+//!  control socket task ── ControlRequest ──► relay         link store task ◄── persist ── relay
+//!  audit task ◄── records ── relay, cloud
+//! ```
+//! One [`CancellationToken`] stops them all; [`run`] joins them under a
+//! deadline.
+
+pub mod audit;
+pub mod backoff;
+pub mod clock;
+pub mod cloud;
+pub mod config;
+pub mod control;
+pub mod durable;
+pub mod limits;
+pub mod links;
+pub mod mqtt;
+pub mod privacy;
+pub mod protocol;
+pub mod relay;
+pub mod stats;
+pub mod topic;
+
+#[cfg(feature = "demo")]
+pub mod demo;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// How long [`run`] waits for its tasks after the token is cancelled.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating state_dir {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Links(#[from] links::LinksError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+}
+
+/// Runs the daemon until `token` is cancelled.
+pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> {
+    let state_dir = config.state_dir.clone();
+    create_state_dir(&state_dir)?;
+    let _lock = links::StateLock::try_acquire(&state_dir)?;
+    let registry = Arc::new(links::Registry::from_file(links::load_file(&state_dir)?)?);
+    let clock = Arc::new(clock::Clock::default());
+    let stats = Arc::new(stats::Stats::default());
+    let started = std::time::Instant::now();
+
+    // Tasks that others feed stop last, on their own token.
+    let sinks = CancellationToken::new();
+    let mut sink_tasks = JoinSet::new();
+    let (audit, audit_task) = audit::spawn(&state_dir, &config.audit, sinks.clone());
+    sink_tasks.spawn(audit_task);
+    let (store, store_task) = relay::spawn_store(state_dir.clone(), registry.clone(), sinks.clone());
+    sink_tasks.spawn(store_task);
+
+    let (mqtt_tx, mqtt_rx) = mpsc::channel(1024);
+    let (cloud_tx, cloud_rx) = mpsc::channel(256);
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::channel(relay::OUTBOX_CAPACITY);
+
+    let status_topic = Some(mqtt::StatusTopic {
+        topic: format!("hearthlink/{}/status", config.gateway_id),
+    });
+    let (mqtt, mqtt_task) = mqtt::spawn(
+        &config.mqtt,
+        status_topic,
+        clock.clone(),
+        stats.clone(),
+        mqtt_tx,
+        token.clone(),
+    );
+    let listener = control::bind(&config.control_socket)?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(mqtt_task);
+    tasks.spawn(cloud::run(
+        cloud::Wiring {
+            gateway_id: config.gateway_id.clone(),
+            cfg: config.cloud.clone(),
+            registry: registry.clone(),
+            clock: clock.clone(),
+            stats: stats.clone(),
+            audit: audit.clone(),
+            to_relay: cloud_tx,
+            outbox: out_rx,
+        },
+        token.clone(),
+    ));
+    tasks.spawn(relay::run(
+        relay::Wiring {
+            settings: relay_settings(&config),
+            registry: registry.clone(),
+            clock: clock.clone(),
+            stats: stats.clone(),
+            mqtt,
+            outbox: out_tx,
+            from_mqtt: mqtt_rx,
+            from_cloud: cloud_rx,
+            from_control: control_rx,
+            store,
+            audit,
+        },
+        token.clone(),
+    ));
+    tasks.spawn(control::serve(
+        listener,
+        control::Shared {
+            registry,
+            stats,
+            clock,
+            started,
+            gateway_id: config.gateway_id.clone(),
+            relay: control_tx,
+        },
+        token.clone(),
+    ));
+    tracing::info!(gateway_id = %config.gateway_id, state_dir = %state_dir.display(), "hearthlink running");
+
+    token.cancelled().await;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    join_until(&mut tasks, deadline).await;
+    sinks.cancel();
+    join_until(&mut sink_tasks, deadline + Duration::from_millis(500)).await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!("hearthlink stopped");
+    Ok(())
+}
+
+/// The relay's per-message settings from the configuration.
+pub fn relay_settings(config: &Config) -> relay::Settings {
+    let p = &config.privacy;
+    relay::Settings {
+        command_topics: topic::FilterSet::new(config.relay.command_topics.iter().cloned())
+            .unwrap_or_default(),
+        max_payload_bytes: config.relay.max_payload_bytes,
+        buffer_topics: config.cloud.buffer_topics,
+        policy: Arc::new(privacy::Policy::new(to_mode(p.mode), &p.strip_keys, &p.allow_keys)),
+        commands_per_second: config.limits.commands_per_second,
+        command_burst: config.limits.command_burst,
+    }
+}
+
+fn to_mode(m: config::PrivacyMode) -> privacy::Mode {
+    match m {
+        config::PrivacyMode::Deny => privacy::Mode::Deny,
+        config::PrivacyMode::Allow => privacy::Mode::Allow,
+    }
+}
+
+async fn join_until(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant) {
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Err(e))) if e.is_panic() => tracing::error!(error = %e, "a task panicked"),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(left = tasks.len(), "tasks did not stop in time; aborting them");
+                tasks.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+fn create_state_dir(dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::StateDir {
+            path: dir.display().to_string(),
+            source,
+        })
+}

@@ -1,0 +1,302 @@
+//! The `hearthlink` binary: arguments, logging, signals, exit codes.
+//! Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use hearthlink::{config, control, CancellationToken};
+use serde_json::json;
+
+/// Exit code for a bad configuration (protocol 8.15).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code of `status` when no daemon answers.
+const EXIT_NO_DAEMON: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "hearthlink", version, about = "Home-automation gateway bridge: MQTT to cloud, privacy-filtered assistant links")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate a configuration file and exit (0 valid, 2 invalid).
+    CheckConfig(ConfigArg),
+    /// Assistant links.
+    Links {
+        #[command(subcommand)]
+        command: LinksCommand,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// State of the running daemon (exit 0 connected, 1 degraded, 3 no daemon).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a self-contained demo: in-process broker, local TLS cloud, the real daemon.
+    #[cfg(feature = "demo")]
+    Demo(hearthlink::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum LinksCommand {
+    /// List links (active and revoked).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a link at once (through the running daemon, or in the state files).
+    Revoke {
+        /// Link id.
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print the audit trail as one JSON document.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this link.
+        #[arg(long)]
+        link: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; the daemon inside only speaks up on trouble.
+    #[cfg(feature = "demo")]
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn,rumqttd=off" } else { "info,rumqttd=warn" };
+    #[cfg(not(feature = "demo"))]
+    let default_filter = "info";
+    init_logging(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the config or prints the error; `Err` carries the exit code.
+fn load_config(path: &Path) -> Result<config::Config, ExitCode> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Run(c) => {
+            let config = match load_config(&c.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_daemon(config).await
+        }
+        Command::CheckConfig(c) => {
+            return match config::load(&c.config) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: configuration is valid", c.config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Links { command } => links(command).await,
+        Command::Audit {
+            command: AuditCommand::Export { config, link },
+        } => match load_config(&config.config) {
+            Ok(cfg) => hearthlink::audit::export(&cfg.state_dir, link.as_deref())
+                .map(|doc| println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))
+                .context("exporting the audit trail"),
+            Err(code) => return code,
+        },
+        Command::Status { config, json } => return status(&config.config, json).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => hearthlink::demo::run(args).await.context("demo"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_daemon(config: config::Config) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    spawn_signal_handler(token.clone())?;
+    hearthlink::run(config, token).await.context("hearthlink run")
+}
+
+fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn links(command: LinksCommand) -> anyhow::Result<()> {
+    match command {
+        LinksCommand::List { config, json } => {
+            let cfg = load_config(&config.config).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
+            let rows = match control::request(&cfg.control_socket, &json!({"cmd": "links"})).await {
+                Ok(v) => serde_json::from_value(v["links"].clone()).context("daemon's link list")?,
+                Err(control::ControlError::NotRunning { .. }) => {
+                    let file = hearthlink::links::load_file(&cfg.state_dir)?;
+                    let reg = hearthlink::links::Registry::from_file(file)?;
+                    control::link_rows(&reg.load())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            print_links(&rows, json);
+            Ok(())
+        }
+        LinksCommand::Revoke { id, config } => {
+            let cfg = load_config(&config.config).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
+            if !hearthlink::protocol::valid_link_id(&id) {
+                anyhow::bail!("link id must be 1 to 128 bytes without control characters");
+            }
+            let req = json!({"cmd": "revoke", "link_id": id});
+            match control::request(&cfg.control_socket, &req).await {
+                Ok(_) => {
+                    println!("link {id} revoked; the cloud has been told");
+                    Ok(())
+                }
+                Err(control::ControlError::NotRunning { .. }) => {
+                    let newly = control::revoke_offline(&cfg.state_dir, &id)?;
+                    if newly {
+                        println!("link {id} revoked (no daemon running: the cloud will be told at its next start)");
+                    } else {
+                        println!("link {id} was already revoked");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn print_links(rows: &[control::LinkRow], as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        return;
+    }
+    println!("{:<24} {:<8} {:<8} {:<28} COMMANDS", "ID", "KIND", "STATE", "EXPOSE");
+    for r in rows {
+        let kind = r.kind.map(|k| k.as_str()).unwrap_or("-");
+        println!(
+            "{:<24} {:<8} {:<8} {:<28} {}",
+            r.id,
+            kind,
+            r.state,
+            r.expose.join(","),
+            r.commands.join(",")
+        );
+    }
+}
+
+async fn status(path: &Path, as_json: bool) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let v = match control::request(&cfg.control_socket, &json!({"cmd": "status"})).await {
+        Ok(v) => v["status"].clone(),
+        Err(e) => {
+            if as_json {
+                println!("{}", json!({"running": false, "error": e.to_string()}));
+            } else {
+                eprintln!("hearthlink is not running: {e}");
+            }
+            return ExitCode::from(EXIT_NO_DAEMON);
+        }
+    };
+    let healthy = v["broker"]["connected"] == true && v["cloud"]["connected"] == true;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        hearthlink::control::print_status(&v);
+    }
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

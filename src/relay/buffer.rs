@@ -1,0 +1,191 @@
+//! The coalescing buffer (protocol section 5 and edge rule 8.9).
+//!
+//! Holds at most one frame per (audience, topic): the latest. Bounded by
+//! `cloud.buffer_topics`; past that the least recently updated entry is
+//! dropped and counted. Pure data structure, no I/O.
+//!
+//! It serves two cases with one mechanism: while the cloud link is down,
+//! and while it is up but the writer has fallen behind (the outbound
+//! channel is full). In both, newer state replaces older state of the same
+//! topic, which is what state is for; per-topic order is kept because an
+//! entry is only ever replaced by a newer one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Who a buffered frame is for: `None` is the app, `Some(link_id)` a link.
+pub type Audience = Option<Arc<str>>;
+
+/// A buffered frame and what the writer needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    pub audience: Audience,
+    pub topic: Arc<str>,
+    pub item: T,
+}
+
+/// Coalescing buffer ordered by last update.
+#[derive(Debug)]
+pub struct Coalescer<T> {
+    cap: usize,
+    seq: i64,
+    by_key: HashMap<(Audience, Arc<str>), (i64, T)>,
+    order: BTreeMap<i64, (Audience, Arc<str>)>,
+    dropped: u64,
+}
+
+impl<T> Coalescer<T> {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            seq: 0,
+            by_key: HashMap::new(),
+            order: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Entries dropped because the buffer was full, since creation.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Stores `item` as the latest for its key. Returns true when an older
+    /// entry had to be dropped to make room.
+    pub fn put(&mut self, audience: Audience, topic: Arc<str>, item: T) -> bool {
+        self.seq += 1;
+        let key = (audience, topic);
+        if let Some((old_seq, slot)) = self.by_key.get_mut(&key) {
+            self.order.remove(old_seq);
+            *old_seq = self.seq;
+            *slot = item;
+            self.order.insert(self.seq, key);
+            return false;
+        }
+        let mut dropped = false;
+        if self.by_key.len() >= self.cap {
+            if let Some((_, oldest)) = self.order.pop_first() {
+                self.by_key.remove(&oldest);
+                self.dropped += 1;
+                dropped = true;
+            }
+        }
+        self.order.insert(self.seq, key.clone());
+        self.by_key.insert(key, (self.seq, item));
+        dropped
+    }
+
+    /// Stores `item` only when nothing newer is held for its key (used for
+    /// frames handed back unsent by the writer: anything buffered since is
+    /// newer). Such an entry counts as the oldest.
+    pub fn put_if_absent(&mut self, audience: Audience, topic: Arc<str>, item: T) {
+        let key = (audience, topic);
+        if self.by_key.contains_key(&key) {
+            return;
+        }
+        if self.by_key.len() >= self.cap {
+            self.dropped += 1;
+            return;
+        }
+        // One below the current oldest (sequence numbers may go negative).
+        let seq = match self.order.first_key_value() {
+            Some((oldest, _)) => oldest - 1,
+            None => self.seq,
+        };
+        self.order.insert(seq, key.clone());
+        self.by_key.insert(key, (seq, item));
+    }
+
+    /// Removes and returns the least recently updated entry.
+    pub fn pop_oldest(&mut self) -> Option<Entry<T>> {
+        let (_, key) = self.order.pop_first()?;
+        let (_, item) = self.by_key.remove(&key)?;
+        Some(Entry {
+            audience: key.0,
+            topic: key.1,
+            item,
+        })
+    }
+
+    /// Puts back an entry just popped (the writer had no room after all).
+    pub fn push_back_oldest(&mut self, e: Entry<T>) {
+        self.put_if_absent(e.audience, e.topic, e.item);
+    }
+
+    /// Drops every entry for `link` (revocation).
+    pub fn remove_audience(&mut self, link: &str) -> usize {
+        let before = self.by_key.len();
+        let order = &mut self.order;
+        self.by_key.retain(|(aud, _), (seq, _)| {
+            let keep = aud.as_deref() != Some(link);
+            if !keep {
+                order.remove(seq);
+            }
+            keep
+        });
+        before - self.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn keeps_only_latest_per_key() {
+        let mut b = Coalescer::new(10);
+        b.put(None, t("a"), 1);
+        b.put(None, t("a"), 2);
+        b.put(Some(t("l")), t("a"), 3);
+        assert_eq!(b.len(), 2);
+        let first = b.pop_oldest().expect("one");
+        assert_eq!((first.audience, first.item), (None, 2));
+        assert_eq!(b.pop_oldest().map(|e| e.item), Some(3));
+        assert!(b.pop_oldest().is_none());
+    }
+
+    #[test]
+    fn drops_least_recently_updated_when_full() {
+        let mut b = Coalescer::new(2);
+        b.put(None, t("a"), 1);
+        b.put(None, t("b"), 1);
+        b.put(None, t("a"), 2); // a is now the newest
+        assert!(b.put(None, t("c"), 1)); // drops b
+        assert_eq!(b.dropped(), 1);
+        let topics: Vec<_> = std::iter::from_fn(|| b.pop_oldest()).map(|e| e.topic).collect();
+        assert_eq!(topics, [t("a"), t("c")]);
+    }
+
+    #[test]
+    fn returned_frames_never_overwrite_newer() {
+        let mut b = Coalescer::new(10);
+        b.put(None, t("a"), 5);
+        b.put_if_absent(None, t("a"), 4);
+        b.put_if_absent(None, t("b"), 4);
+        assert_eq!(b.pop_oldest().map(|e| (e.topic, e.item)), Some((t("b"), 4)));
+        assert_eq!(b.pop_oldest().map(|e| e.item), Some(5));
+    }
+
+    #[test]
+    fn revocation_removes_link_entries() {
+        let mut b = Coalescer::new(10);
+        b.put(Some(t("x")), t("a"), 1);
+        b.put(Some(t("y")), t("a"), 1);
+        b.put(None, t("a"), 1);
+        assert_eq!(b.remove_audience("x"), 1);
+        assert_eq!(b.len(), 2);
+        assert!(std::iter::from_fn(|| b.pop_oldest()).all(|e| e.audience.as_deref() != Some("x")));
+    }
+}

@@ -1,0 +1,618 @@
+//! The relay: routing between the broker and the cloud, command execution,
+//! links, idempotency. One task owns all of this state.
+//!
+//! The relay never waits on the cloud writer: frames go to the outbound
+//! channel with `try_send`, and whatever does not fit (or arrives while the
+//! cloud is down) waits in a local queue: control frames (acks, errors,
+//! `revoked`, sync snapshots) in a short FIFO, state frames in the
+//! coalescing [`buffer::Coalescer`]. A select arm takes channel capacity as
+//! it frees up. Because the relay never blocks on the writer, the cloud task
+//! may block handing inbound frames to the relay without any deadlock.
+//!
+//! Work on the hot path (one MQTT message): classify the payload once,
+//! encode the app frame once; when links match, parse, filter and encode the
+//! filtered payload once and only the small frame envelope per link.
+//!
+//! Sub-modules are the pure core: [`checks`] (command checks),
+//! [`idem`] (idempotency window), [`buffer`] (coalescing).
+
+pub mod buffer;
+pub mod checks;
+pub mod idem;
+mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditHandle, Record};
+use crate::clock::Clock;
+use crate::links::{Origin, Registry};
+use crate::mqtt::{Incoming, MqttHandle};
+use crate::privacy::Policy;
+use crate::protocol::{self, Command, Inbound, Outcome, PayloadRepr, Reason};
+use crate::stats::Stats;
+use crate::topic::FilterSet;
+use buffer::Coalescer;
+use idem::{IdemStore, Seen};
+pub use store::{spawn_store, StoreHandle};
+
+/// Capacity of the channel from the relay to the cloud writer.
+pub const OUTBOX_CAPACITY: usize = 1024;
+/// Most control frames (acks, errors, snapshots) held while the writer is
+/// behind; past that the oldest acks are dropped (the cloud retries and the
+/// idempotency window answers again).
+const CONTROL_QUEUE_MAX: usize = 50_000;
+/// Longest wait for the broker to accept a command.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the cloud writer needs to know about a frame besides its text.
+#[derive(Debug, Clone)]
+pub enum Meta {
+    /// Ack, error: not re-buffered when the link drops.
+    Control,
+    /// A `state` frame. `keys` is set for a link audience (for the audit).
+    State {
+        audience: buffer::Audience,
+        topic: Arc<str>,
+        ts: i64,
+        keys: Option<Arc<[String]>>,
+    },
+    /// A `revoked` frame for this link; the writer reports it written.
+    Revoked(Arc<str>),
+}
+
+/// One frame for the cloud.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub text: String,
+    pub meta: Meta,
+}
+
+impl OutFrame {
+    fn control(text: String) -> Self {
+        Self {
+            text,
+            meta: Meta::Control,
+        }
+    }
+
+    /// The link this frame is for, if any.
+    pub fn link(&self) -> Option<&Arc<str>> {
+        match &self.meta {
+            Meta::State { audience, .. } => audience.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What the cloud task tells the relay.
+#[derive(Debug)]
+pub enum CloudEvent {
+    /// A session started (`welcome` read).
+    Up,
+    /// The connection is gone; frames the writer had not written.
+    Down { unsent: Vec<OutFrame> },
+    /// A frame to execute.
+    Frame(Inbound),
+    /// The `revoked` frame for this link was written.
+    Told(Arc<str>),
+}
+
+/// Requests from the local control socket.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// A link revoked on the command line (already revoked in memory).
+    Revoke {
+        link_id: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Settings the relay reads on every message.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub command_topics: FilterSet,
+    pub max_payload_bytes: usize,
+    pub buffer_topics: usize,
+    pub policy: Arc<Policy>,
+    pub commands_per_second: f64,
+    pub command_burst: u32,
+}
+
+/// Everything the relay task is wired to.
+pub struct Wiring {
+    pub settings: Settings,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<Clock>,
+    pub stats: Arc<Stats>,
+    pub mqtt: MqttHandle,
+    pub outbox: mpsc::Sender<OutFrame>,
+    pub from_mqtt: mpsc::Receiver<Incoming>,
+    pub from_cloud: mpsc::Receiver<CloudEvent>,
+    pub from_control: mpsc::Receiver<ControlRequest>,
+    pub store: StoreHandle,
+    pub audit: AuditHandle,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// A frame whose ack had to wait (PUBACK, durable write).
+struct Completion {
+    id: String,
+    outcome: Outcome,
+    command: bool,
+}
+
+struct Relay {
+    w: Wiring,
+    online: bool,
+    control: VecDeque<OutFrame>,
+    buffer: Coalescer<OutFrame>,
+    latest: HashMap<String, (Bytes, i64)>,
+    idem: IdemStore,
+    limits: crate::limits::Limits,
+    pending: FuturesUnordered<Pending>,
+    last_drop_warn: Option<Instant>,
+    dropped_reported: u64,
+}
+
+/// Runs the relay until `token` is cancelled.
+pub async fn run(w: Wiring, token: CancellationToken) {
+    let limits = crate::limits::Limits::new(w.settings.commands_per_second, w.settings.command_burst);
+    let mut r = Relay {
+        buffer: Coalescer::new(w.settings.buffer_topics),
+        w,
+        online: false,
+        control: VecDeque::new(),
+        latest: HashMap::new(),
+        idem: IdemStore::default(),
+        limits,
+        pending: FuturesUnordered::new(),
+        last_drop_warn: None,
+        dropped_reported: 0,
+    };
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let backlog = r.online && r.has_backlog();
+        let ev = tokio::select! {
+            _ = token.cancelled() => break,
+            Some(ev) = r.w.from_cloud.recv() => Event::Cloud(ev),
+            Some(done) = r.pending.next(), if !r.pending.is_empty() => Event::Done(done),
+            Some(req) = r.w.from_control.recv() => Event::Control(req),
+            Some(msg) = r.w.from_mqtt.recv() => Event::State(msg),
+            Ok(permit) = r.w.outbox.clone().reserve_owned(), if backlog => Event::Room(permit),
+            _ = housekeeping.tick() => Event::Housekeeping,
+        };
+        match ev {
+            Event::Cloud(ev) => r.on_cloud(ev),
+            Event::Done(done) => r.on_completion(done),
+            Event::Control(req) => r.on_control(req),
+            Event::State(msg) => r.on_state(msg),
+            Event::Room(permit) => {
+                if let Some(f) = r.next_backlog() {
+                    permit.send(f);
+                }
+            }
+            Event::Housekeeping => r.limits.housekeep(),
+        }
+        r.pump();
+    }
+}
+
+enum Event {
+    Cloud(CloudEvent),
+    Done(Completion),
+    Control(ControlRequest),
+    State(Incoming),
+    Room(mpsc::OwnedPermit<OutFrame>),
+    Housekeeping,
+}
+
+impl Relay {
+    fn has_backlog(&self) -> bool {
+        !self.control.is_empty() || !self.buffer.is_empty()
+    }
+
+    fn next_backlog(&mut self) -> Option<OutFrame> {
+        if let Some(f) = self.control.pop_front() {
+            return Some(f);
+        }
+        self.buffer.pop_oldest().map(|e| e.item)
+    }
+
+    /// Moves backlog into the outbound channel while it has room.
+    fn pump(&mut self) {
+        if !self.online {
+            return;
+        }
+        while let Some(f) = self.next_backlog() {
+            match self.w.outbox.try_send(f) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) => {
+                    self.unpop(f);
+                    break;
+                }
+            }
+        }
+        self.report_drops();
+    }
+
+    /// Puts a frame taken from the backlog back where it came from.
+    fn unpop(&mut self, f: OutFrame) {
+        match &f.meta {
+            Meta::State { audience, topic, .. } => {
+                let (a, t) = (audience.clone(), topic.clone());
+                self.buffer.put_if_absent(a, t, f);
+            }
+            _ => self.control.push_front(f),
+        }
+    }
+
+    /// Sends a state frame now, or buffers it.
+    fn emit_state(&mut self, f: OutFrame) {
+        if self.online && !self.has_backlog() {
+            match self.w.outbox.try_send(f) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) => {
+                    self.buffer_state(f)
+                }
+            }
+        } else {
+            self.buffer_state(f);
+        }
+    }
+
+    fn buffer_state(&mut self, f: OutFrame) {
+        if let Meta::State { audience, topic, .. } = &f.meta {
+            let (a, t) = (audience.clone(), topic.clone());
+            if self.buffer.put(a, t, f) {
+                Stats::add(&self.w.stats.buffer_dropped, 1);
+            }
+        }
+    }
+
+    fn emit_control(&mut self, text: String) {
+        if self.control.len() >= CONTROL_QUEUE_MAX {
+            self.control.pop_front();
+        }
+        self.control.push_back(OutFrame::control(text));
+        self.pump();
+    }
+
+    fn report_drops(&mut self) {
+        let dropped = self.buffer.dropped();
+        if dropped > self.dropped_reported
+            && self.last_drop_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                dropped = dropped - self.dropped_reported,
+                capacity = self.w.settings.buffer_topics,
+                "offline buffer full: dropped the least recently updated topics"
+            );
+            self.dropped_reported = dropped;
+            self.last_drop_warn = Some(Instant::now());
+        }
+    }
+
+    // ------------------------------------------------------------ state up
+
+    fn on_state(&mut self, msg: Incoming) {
+        Stats::add(&self.w.stats.states_in, 1);
+        let topic: Arc<str> = Arc::from(msg.topic.as_str());
+        let repr = PayloadRepr::classify(&msg.payload);
+        let text = protocol::encode_state(None, &topic, repr, msg.ts, false);
+        self.emit_state(OutFrame {
+            text,
+            meta: Meta::State {
+                audience: None,
+                topic: topic.clone(),
+                ts: msg.ts,
+                keys: None,
+            },
+        });
+        self.route_to_links(&topic, repr, msg.ts);
+        match self.latest.get_mut(msg.topic.as_str()) {
+            Some(slot) => *slot = (msg.payload, msg.ts),
+            None => {
+                self.latest.insert(msg.topic, (msg.payload, msg.ts));
+            }
+        }
+    }
+
+    /// Sends the filtered frame to every active link exposing `topic`.
+    fn route_to_links(&mut self, topic: &Arc<str>, repr: PayloadRepr<'_>, ts: i64) {
+        let snap = self.w.registry.load();
+        let mut routes = snap.routes(topic).peekable();
+        if routes.peek().is_none() {
+            return;
+        }
+        if crate::privacy::contains_email(topic) {
+            return; // a topic holding an address never goes to links
+        }
+        let value = match repr {
+            PayloadRepr::Json(text) => match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+            PayloadRepr::Text(text) => serde_json::Value::String(text.to_owned()),
+            PayloadRepr::Binary(_) => return, // never sent to links
+        };
+        let Some(filtered) = self.w.settings.policy.filter(&value) else {
+            return; // fail closed (too deep)
+        };
+        let keys: Arc<[String]> = Arc::from(crate::audit::key_paths(&filtered));
+        let payload = filtered.to_string();
+        let links: Vec<Arc<str>> = routes.map(|l| l.id.clone()).collect();
+        drop(snap);
+        for link in links {
+            let text = protocol::encode_state(Some(&link), topic, PayloadRepr::Json(&payload), ts, false);
+            self.emit_state(OutFrame {
+                text,
+                meta: Meta::State {
+                    audience: Some(link),
+                    topic: topic.clone(),
+                    ts,
+                    keys: Some(keys.clone()),
+                },
+            });
+        }
+    }
+
+    // ------------------------------------------------------- cloud frames
+
+    fn on_cloud(&mut self, ev: CloudEvent) {
+        match ev {
+            CloudEvent::Up => {
+                self.online = true;
+                // Revocations the cloud has not been told go first.
+                let snap = self.w.registry.snapshot();
+                let mut untold: Vec<_> = snap.revoked().filter(|r| !r.cloud_told).collect();
+                untold.sort_by_key(|r| r.at_ms);
+                for r in untold.into_iter().rev() {
+                    self.control.push_front(OutFrame {
+                        text: protocol::encode_revoked(&r.id, r.at_ms),
+                        meta: Meta::Revoked(Arc::from(r.id.as_str())),
+                    });
+                }
+            }
+            CloudEvent::Down { unsent } => {
+                self.online = false;
+                let snap = self.w.registry.load();
+                for f in unsent.into_iter().rev() {
+                    match &f.meta {
+                        Meta::State { audience, .. } => {
+                            if audience.as_ref().is_none_or(|l| snap.is_active(l)) {
+                                self.unpop(f);
+                            }
+                        }
+                        Meta::Control => self.control.push_front(f),
+                        Meta::Revoked(_) => {} // re-sent after the next welcome
+                    }
+                }
+            }
+            CloudEvent::Told(link) => {
+                if self.w.registry.mark_told(&link) {
+                    drop(self.w.store.persist());
+                }
+            }
+            CloudEvent::Frame(frame) => self.on_frame(frame),
+        }
+    }
+
+    fn on_frame(&mut self, frame: Inbound) {
+        let Some(id) = frame.id().map(str::to_owned) else {
+            return; // welcome is handled by the cloud task
+        };
+        // A revoke is executed even when its id was seen: revocation must
+        // never be lost to an id collision (see docs/protocol.md, notes).
+        if let Inbound::Revoke { link_id, .. } = &frame {
+            self.revoke(link_id, Origin::Cloud);
+        }
+        match self.idem.check(&id, Instant::now()) {
+            Seen::Done(outcome) => {
+                self.emit_control(protocol::encode_ack(&id, &outcome));
+                return;
+            }
+            Seen::Running => return,
+            Seen::New => {}
+        }
+        match frame {
+            Inbound::Welcome { .. } => {}
+            Inbound::Invalid { message, .. } => {
+                self.finish_now(&id, Outcome::rejected(Reason::Invalid, message), true)
+            }
+            Inbound::Command(cmd) => self.on_command(cmd),
+            Inbound::Sync { .. } => self.on_sync(&id),
+            Inbound::Link { link, .. } => self.on_link(&id, link),
+            Inbound::Revoke { .. } => {
+                let rx = self.w.store.persist();
+                self.wait_for(id, false, async move { durable_outcome(rx.await) });
+            }
+        }
+    }
+
+    /// Answers at once and remembers the ack.
+    fn finish_now(&mut self, id: &str, outcome: Outcome, command: bool) {
+        self.count(command, &outcome);
+        self.idem.record(id, &outcome, Instant::now());
+        self.emit_control(protocol::encode_ack(id, &outcome));
+    }
+
+    fn count(&self, command: bool, outcome: &Outcome) {
+        if !command {
+            return;
+        }
+        match outcome {
+            Outcome::Ok => Stats::add(&self.w.stats.commands_ok, 1),
+            Outcome::Rejected { reason, .. } => self.w.stats.command_rejected(*reason),
+        }
+    }
+
+    /// Runs `fut` beside the loop; its outcome is acked when it completes.
+    fn wait_for(
+        &mut self,
+        id: String,
+        command: bool,
+        fut: impl Future<Output = Outcome> + Send + 'static,
+    ) {
+        self.idem.start(&id);
+        self.pending.push(Box::pin(async move {
+            Completion {
+                outcome: fut.await,
+                id,
+                command,
+            }
+        }));
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        self.count(c.command, &c.outcome);
+        let waiting = self.idem.finish(&c.id, &c.outcome, Instant::now());
+        let text = protocol::encode_ack(&c.id, &c.outcome);
+        for _ in 0..waiting {
+            self.emit_control(text.clone());
+        }
+        self.emit_control(text);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let snap = self.w.registry.load();
+        let ctx = checks::Context {
+            max_payload_bytes: self.w.settings.max_payload_bytes,
+            now_ms: self.w.clock.now_ms(),
+            links: &snap,
+            command_topics: &self.w.settings.command_topics,
+            broker_connected: self.w.mqtt.is_connected(),
+        };
+        let limits = &self.limits;
+        let decision = checks::decide(&cmd, &ctx, |source| limits.try_acquire(source));
+        drop(snap);
+        match decision {
+            checks::Decision::Reject(reason, message) => {
+                tracing::debug!(id = %cmd.id, reason = reason.as_str(), "command rejected");
+                self.finish_now(&cmd.id, Outcome::rejected(reason, message), true);
+            }
+            checks::Decision::Publish => match self.w.mqtt.publish(&cmd.topic, cmd.payload, cmd.qos, false) {
+                Err(e) => self.finish_now(&cmd.id, Outcome::rejected(Reason::Unavailable, e.to_string()), true),
+                Ok(rx) => self.wait_for(cmd.id, true, async move {
+                    match tokio::time::timeout(PUBLISH_TIMEOUT, rx).await {
+                        Ok(Ok(Ok(()))) => Outcome::Ok,
+                        Ok(Ok(Err(e))) => Outcome::rejected(Reason::Unavailable, e.to_string()),
+                        Ok(Err(_)) => Outcome::rejected(Reason::Unavailable, "broker task stopped"),
+                        Err(_) => Outcome::rejected(Reason::Unavailable, "broker did not acknowledge in 10 s"),
+                    }
+                }),
+            },
+        }
+    }
+
+    fn on_sync(&mut self, id: &str) {
+        let mut topics: Vec<(&String, &(Bytes, i64))> = self.latest.iter().collect();
+        topics.sort_by_key(|(_, (_, ts))| *ts);
+        let frames: Vec<String> = topics
+            .into_iter()
+            .map(|(topic, (payload, ts))| {
+                protocol::encode_state(None, topic, PayloadRepr::classify(payload), *ts, true)
+            })
+            .collect();
+        for text in frames {
+            self.control.push_back(OutFrame::control(text));
+        }
+        self.finish_now(id, Outcome::Ok, false);
+    }
+
+    fn on_link(&mut self, id: &str, link: protocol::LinkSpec) {
+        match self
+            .w
+            .registry
+            .upsert(&link.id, link.kind, link.expose.clone(), link.commands.clone())
+        {
+            Err(crate::links::LinksError::Revoked(_)) => self.finish_now(
+                id,
+                Outcome::rejected(Reason::Revoked, "link id was revoked; re-link with a new id"),
+                false,
+            ),
+            Err(e) => self.finish_now(id, Outcome::rejected(Reason::Invalid, e.to_string()), false),
+            Ok(()) => {
+                tracing::info!(link = %link.id, kind = link.kind.as_str(), "link created or updated");
+                let rec = Record::Link {
+                    ts: self.w.clock.now_ms(),
+                    link: link.id,
+                    kind: link.kind,
+                    expose: link.expose,
+                    commands: link.commands,
+                };
+                let audit = self.w.audit.clone();
+                let rx = self.w.store.persist();
+                self.wait_for(id.to_owned(), false, async move {
+                    audit.record(vec![rec]).await;
+                    durable_outcome(rx.await)
+                });
+            }
+        }
+    }
+
+    /// Revokes `link_id` everywhere the relay holds frames for it.
+    fn revoke(&mut self, link_id: &str, origin: Origin) {
+        let at = self.w.clock.now_ms();
+        let kind = self.w.registry.load().get(link_id).map(|l| l.kind);
+        let newly = self.w.registry.revoke(link_id, origin, at);
+        let removed = self.buffer.remove_audience(link_id);
+        self.control.retain(|f| f.link().is_none_or(|l| &**l != link_id));
+        if newly {
+            tracing::info!(link = %link_id, origin = ?origin, dropped = removed, "link revoked");
+        }
+        // The cloud reader revoked it in memory already; the audit records
+        // the event once, from here, with the kind it had.
+        let recorded = self.w.audit.try_record(vec![Record::Revoke {
+            ts: at,
+            link: link_id.to_owned(),
+            kind,
+            origin,
+        }]);
+        if !recorded {
+            tracing::error!(link = %link_id, "audit queue full: revoke event not recorded");
+        }
+    }
+
+    fn on_control(&mut self, req: ControlRequest) {
+        match req {
+            ControlRequest::Revoke { link_id, reply } => {
+                self.revoke(&link_id, Origin::Local);
+                if self.online {
+                    let at = self.w.clock.now_ms();
+                    self.control.push_front(OutFrame {
+                        text: protocol::encode_revoked(&link_id, at),
+                        meta: Meta::Revoked(Arc::from(link_id.as_str())),
+                    });
+                }
+                let rx = self.w.store.persist();
+                tokio::spawn(async move {
+                    let r = match rx.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err("link store stopped".to_owned()),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+        }
+    }
+}
+
+fn durable_outcome(r: Result<Result<(), String>, oneshot::error::RecvError>) -> Outcome {
+    match r {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(e)) => Outcome::rejected(Reason::Unavailable, format!("state not persisted: {e}")),
+        Err(_) => Outcome::rejected(Reason::Unavailable, "link store stopped"),
+    }
+}

@@ -1,0 +1,99 @@
+//! Counters and connection state shared by the tasks, read by `status`.
+//!
+//! Plain atomics: every task bumps its own counters without locks; the
+//! control socket reads a consistent-enough view for monitoring.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::protocol::Reason;
+
+/// One side's connection state.
+#[derive(Debug, Default)]
+pub struct Side {
+    connected: AtomicBool,
+    /// Unix ms (local clock) of the current connection, 0 when down.
+    since_ms: AtomicI64,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Side {
+    pub fn up(&self) {
+        self.connected.store(true, Relaxed);
+        self.since_ms.store(crate::clock::local_ms(), Relaxed);
+    }
+
+    pub fn down(&self, why: impl Into<String>) {
+        if self.connected.swap(false, Relaxed) {
+            self.reconnects.fetch_add(1, Relaxed);
+        }
+        self.since_ms.store(0, Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.into());
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+
+    pub fn view(&self) -> SideView {
+        SideView {
+            connected: self.is_up(),
+            since_ms: match self.since_ms.load(Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
+            reconnects: self.reconnects.load(Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SideView {
+    pub connected: bool,
+    pub since_ms: Option<i64>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+}
+
+/// All counters of one daemon.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub broker: Side,
+    pub cloud: Side,
+    pub states_in: AtomicU64,
+    pub frames_up: AtomicU64,
+    pub link_frames_up: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub buffer_dropped: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub errors_dropped: AtomicU64,
+    pub commands_ok: AtomicU64,
+    commands_rejected: [AtomicU64; 7],
+}
+
+impl Stats {
+    pub fn command_rejected(&self, reason: Reason) {
+        self.commands_rejected[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejected(&self, reason: Reason) -> u64 {
+        self.commands_rejected[reason as usize].load(Relaxed)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}
