@@ -69,7 +69,9 @@ pub enum Record {
 impl Record {
     pub fn link(&self) -> &str {
         match self {
-            Record::Link { link, .. } | Record::Revoke { link, .. } | Record::Disclosure { link, .. } => link,
+            Record::Link { link, .. }
+            | Record::Revoke { link, .. }
+            | Record::Disclosure { link, .. } => link,
         }
     }
 }
@@ -111,11 +113,21 @@ pub fn key_paths(v: &serde_json::Value) -> Vec<String> {
 /// Disclosures counted by the cloud writer between two flushes.
 #[derive(Debug, Default)]
 pub struct Tally {
-    entries: HashMap<(Arc<str>, Arc<str>, Arc<[String]>), (Kind, u64, i64, i64)>,
+    entries: HashMap<TallyKey, (Kind, u64, i64, i64)>,
 }
 
+/// (link, topic, key paths sent).
+type TallyKey = (Arc<str>, Arc<str>, Arc<[String]>);
+
 impl Tally {
-    pub fn add(&mut self, link: &Arc<str>, kind: Kind, topic: &Arc<str>, keys: &Arc<[String]>, ts: i64) {
+    pub fn add(
+        &mut self,
+        link: &Arc<str>,
+        kind: Kind,
+        topic: &Arc<str>,
+        keys: &Arc<[String]>,
+        ts: i64,
+    ) {
         let e = self
             .entries
             .entry((link.clone(), topic.clone(), keys.clone()))
@@ -134,15 +146,17 @@ impl Tally {
         let mut out: Vec<Record> = self
             .entries
             .drain()
-            .map(|((link, topic, keys), (kind, count, first_ts, last_ts))| Record::Disclosure {
-                link: link.to_string(),
-                kind,
-                topic: topic.to_string(),
-                keys: keys.to_vec(),
-                count,
-                first_ts,
-                last_ts,
-            })
+            .map(
+                |((link, topic, keys), (kind, count, first_ts, last_ts))| Record::Disclosure {
+                    link: link.to_string(),
+                    kind,
+                    topic: topic.to_string(),
+                    keys: keys.to_vec(),
+                    count,
+                    first_ts,
+                    last_ts,
+                },
+            )
             .collect();
         out.sort_by_key(|r| match r {
             Record::Disclosure { first_ts, .. } => *first_ts,
@@ -255,16 +269,21 @@ impl Writer {
         }
         let path = self.path();
         match append_to(&path, records) {
-            Ok(len) if len > self.max_bytes || self.opened.elapsed() > ROTATE_EVERY => self.rotate(),
+            Ok(len) if len > self.max_bytes || self.opened.elapsed() > ROTATE_EVERY => {
+                self.rotate()
+            }
             Ok(_) => {}
-            Err(e) => tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed")
+            }
         }
     }
 
     fn rotate(&mut self) {
-        let to = self
-            .dir
-            .join(format!("{ROTATED_PREFIX}{:013}.jsonl", crate::clock::local_ms().max(0)));
+        let to = self.dir.join(format!(
+            "{ROTATED_PREFIX}{:013}.jsonl",
+            crate::clock::local_ms().max(0)
+        ));
         if let Err(e) = std::fs::rename(self.path(), &to) {
             tracing::error!(error = %e, "rotating the audit file failed");
         }
@@ -333,7 +352,10 @@ fn rotated_files(dir: &Path) -> Vec<(i64, PathBuf)> {
 
 /// Reads every audit record, oldest first, optionally for one link.
 pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Vec<Record>, AuditError> {
-    let mut files: Vec<PathBuf> = rotated_files(state_dir).into_iter().map(|(_, p)| p).collect();
+    let mut files: Vec<PathBuf> = rotated_files(state_dir)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
     files.push(state_dir.join(AUDIT_FILE));
     let mut out = Vec::new();
     for path in files {
@@ -364,9 +386,9 @@ pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value,
     let records = read_all(state_dir, link)?;
     let mut links: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
     for r in &records {
-        let entry = links.entry(r.link().to_owned()).or_insert_with(|| {
-            serde_json::json!({"kind": null, "frames_sent": 0, "topics": {}, "revoked": false})
-        });
+        let entry = links.entry(r.link().to_owned()).or_insert_with(
+            || serde_json::json!({"kind": null, "frames_sent": 0, "topics": {}, "revoked": false}),
+        );
         match r {
             Record::Link { kind, .. } => entry["kind"] = serde_json::json!(kind),
             Record::Revoke { .. } => entry["revoked"] = true.into(),
@@ -384,7 +406,11 @@ pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value,
                 let prev = t["frames"].as_u64().unwrap_or(0);
                 let mut all: Vec<String> = t["keys"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|k| k.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 all.extend(keys.iter().cloned());
                 all.sort();
@@ -416,7 +442,15 @@ mod tests {
         t.add(&l, Kind::Alexa, &topic, &keys, 7);
         let recs = t.drain();
         assert_eq!(recs.len(), 1);
-        assert!(matches!(&recs[0], Record::Disclosure { count: 2, first_ts: 5, last_ts: 7, .. }));
+        assert!(matches!(
+            &recs[0],
+            Record::Disclosure {
+                count: 2,
+                first_ts: 5,
+                last_ts: 7,
+                ..
+            }
+        ));
         assert!(t.is_empty());
     }
 
@@ -439,7 +473,10 @@ mod tests {
             }]);
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(!rotated_files(dir.path()).is_empty(), "rotated past max_bytes");
+        assert!(
+            !rotated_files(dir.path()).is_empty(),
+            "rotated past max_bytes"
+        );
         let all = read_all(dir.path(), None).expect("read");
         assert_eq!(all.len(), 5, "nothing lost across rotation");
         let one = export(dir.path(), Some("l3")).expect("export");

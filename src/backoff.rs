@@ -73,9 +73,15 @@ mod tests {
         }
         assert_eq!(b.next_delay(zero, 1.0), Duration::from_secs(60));
         // a short-lived connection still counts as a failure
-        assert_eq!(b.next_delay(Duration::from_secs(29), 1.0), Duration::from_secs(60));
+        assert_eq!(
+            b.next_delay(Duration::from_secs(29), 1.0),
+            Duration::from_secs(60)
+        );
         // a healthy one resets the counter
-        assert_eq!(b.next_delay(Duration::from_secs(30), 1.0), Duration::from_millis(500));
+        assert_eq!(
+            b.next_delay(Duration::from_secs(30), 1.0),
+            Duration::from_millis(500)
+        );
         assert_eq!(b.next_delay(zero, 0.0), Duration::ZERO);
     }
 

@@ -85,7 +85,8 @@ pub async fn serve(listener: UnixListener, shared: Shared, token: CancellationTo
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &shared)).await {
+                    if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &shared)).await
+                    {
                         tracing::debug!(error = %e, "control client timed out");
                     }
                 });
@@ -128,7 +129,9 @@ async fn answer(req: &Value, shared: &Shared) -> Value {
                 return json!({"ok": false, "error": "link id must be 1 to 128 bytes without control characters"});
             }
             // In force at once; the relay then persists it and tells the cloud.
-            shared.registry.revoke(id, Origin::Local, shared.clock.now_ms());
+            shared
+                .registry
+                .revoke(id, Origin::Local, shared.clock.now_ms());
             let (tx, rx) = oneshot::channel();
             let sent = shared
                 .relay
@@ -142,7 +145,9 @@ async fn answer(req: &Value, shared: &Shared) -> Value {
             }
             match rx.await {
                 Ok(Ok(())) => json!({"ok": true, "link_id": id}),
-                Ok(Err(e)) => json!({"ok": false, "error": format!("revoked in memory, not persisted yet: {e}")}),
+                Ok(Err(e)) => {
+                    json!({"ok": false, "error": format!("revoked in memory, not persisted yet: {e}")})
+                }
                 Err(_) => json!({"ok": false, "error": "relay stopped before persisting"}),
             }
         }
@@ -240,11 +245,15 @@ pub async fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
             .read_line(&mut answer)
             .await
             .map_err(|e| proto(format!("reading answer: {e}")))?;
-        let v: Value = serde_json::from_str(&answer).map_err(|e| proto(format!("answer is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&answer).map_err(|e| proto(format!("answer is not JSON: {e}")))?;
         if v.get("ok") == Some(&Value::Bool(true)) {
             Ok(v)
         } else {
-            let msg = v.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
             Err(ControlError::Refused(msg.to_owned()))
         }
     };
@@ -284,7 +293,11 @@ pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::Li
 /// Prints a `status` answer for a person, in 80 columns.
 pub fn print_status(v: &Value) {
     let side = |name: &str, s: &Value| {
-        let state = if s["connected"] == true { "connected" } else { "DOWN" };
+        let state = if s["connected"] == true {
+            "connected"
+        } else {
+            "DOWN"
+        };
         let mut line = format!("{name:<8} {state:<10} reconnects {}", s["reconnects"]);
         if let Some(err) = s["last_error"].as_str() {
             line.push_str(&format!("\n         last error: {err}"));
@@ -305,7 +318,10 @@ pub fn print_status(v: &Value) {
         "states in {}  frames up {}  link frames {}  buffer dropped {}",
         c["states_in"], c["frames_up"], c["link_frames_up"], c["buffer_dropped"]
     );
-    println!("commands ok {}  rejected {}", c["commands_ok"], c["commands_rejected"]);
+    println!(
+        "commands ok {}  rejected {}",
+        c["commands_ok"], c["commands_rejected"]
+    );
     if let Some(links) = v["links"].as_array() {
         for l in links {
             println!(

@@ -87,7 +87,8 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
     let mut sink_tasks = JoinSet::new();
     let (audit, audit_task) = audit::spawn(&state_dir, &config.audit, sinks.clone());
     sink_tasks.spawn(audit_task);
-    let (store, store_task) = relay::spawn_store(state_dir.clone(), registry.clone(), sinks.clone());
+    let (store, store_task) =
+        relay::spawn_store(state_dir.clone(), registry.clone(), sinks.clone());
     sink_tasks.spawn(store_task);
 
     let (mqtt_tx, mqtt_rx) = mpsc::channel(1024);
@@ -171,7 +172,11 @@ pub fn relay_settings(config: &Config) -> relay::Settings {
             .unwrap_or_default(),
         max_payload_bytes: config.relay.max_payload_bytes,
         buffer_topics: config.cloud.buffer_topics,
-        policy: Arc::new(privacy::Policy::new(to_mode(p.mode), &p.strip_keys, &p.allow_keys)),
+        policy: Arc::new(privacy::Policy::new(
+            to_mode(p.mode),
+            &p.strip_keys,
+            &p.allow_keys,
+        )),
         commands_per_second: config.limits.commands_per_second,
         command_burst: config.limits.command_burst,
     }
@@ -191,7 +196,10 @@ async fn join_until(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant) {
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(_) => {
-                tracing::warn!(left = tasks.len(), "tasks did not stop in time; aborting them");
+                tracing::warn!(
+                    left = tasks.len(),
+                    "tasks did not stop in time; aborting them"
+                );
                 tasks.abort_all();
                 return;
             }

@@ -17,7 +17,9 @@ pub struct Limits {
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limits").field("sources", &self.limiter.len()).finish()
+        f.debug_struct("Limits")
+            .field("sources", &self.limiter.len())
+            .finish()
     }
 }
 

@@ -242,8 +242,12 @@ impl Registry {
                 refused = true;
                 return None;
             }
-            let mut links: Vec<Arc<Link>> =
-                cur.active.iter().filter(|l| &*l.id != id).cloned().collect();
+            let mut links: Vec<Arc<Link>> = cur
+                .active
+                .iter()
+                .filter(|l| &*l.id != id)
+                .cloned()
+                .collect();
             links.push(link);
             Some(Snapshot::rebuild(links, cur.revoked.clone()))
         });
@@ -260,7 +264,12 @@ impl Registry {
                 return None;
             }
             let kind = cur.get(id).map(|l| l.kind);
-            let links = cur.active.iter().filter(|l| &*l.id != id).cloned().collect();
+            let links = cur
+                .active
+                .iter()
+                .filter(|l| &*l.id != id)
+                .cloned()
+                .collect();
             let mut revoked = cur.revoked.clone();
             revoked.insert(
                 Arc::from(id),
@@ -339,7 +348,9 @@ pub struct LinksFile {
 pub fn load_file(state_dir: &Path) -> Result<LinksFile, LinksError> {
     let path = state_dir.join(LINKS_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| LinksError::Parse { path, source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| LinksError::Parse { path, source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LinksFile {
             version: 1,
             ..LinksFile::default()
@@ -355,7 +366,8 @@ pub fn save(state_dir: &Path, file: &LinksFile) -> Result<(), LinksError> {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    crate::durable::write_atomic(&path, &bytes, 0o600).map_err(|source| LinksError::Write { path, source })
+    crate::durable::write_atomic(&path, &bytes, 0o600)
+        .map_err(|source| LinksError::Write { path, source })
 }
 
 /// An exclusive lock on `state_dir`, held by a running daemon for its whole
@@ -399,7 +411,8 @@ mod tests {
     #[test]
     fn revoked_id_never_comes_back() {
         let r = reg();
-        r.upsert("a", Kind::Alexa, vec!["x/#".into()], vec![]).expect("link");
+        r.upsert("a", Kind::Alexa, vec!["x/#".into()], vec![])
+            .expect("link");
         assert!(r.load().is_active("a"));
         assert!(r.revoke("a", Origin::Cloud, 1));
         assert!(!r.load().is_active("a"));
@@ -426,8 +439,10 @@ mod tests {
     #[test]
     fn routing_by_expose() {
         let r = reg();
-        r.upsert("a", Kind::Alexa, vec!["s/#".into()], vec![]).expect("a");
-        r.upsert("b", Kind::Google, vec!["t/+".into()], vec![]).expect("b");
+        r.upsert("a", Kind::Alexa, vec!["s/#".into()], vec![])
+            .expect("a");
+        r.upsert("b", Kind::Google, vec!["t/+".into()], vec![])
+            .expect("b");
         let snap = r.load();
         let ids: Vec<&str> = snap.routes("s/1").map(|l| &*l.id).collect();
         assert_eq!(ids, ["a"]);
@@ -439,7 +454,8 @@ mod tests {
     fn persist_roundtrip_keeps_tombstones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = reg();
-        r.upsert("a", Kind::Homekit, vec!["s/#".into()], vec!["c/#".into()]).expect("a");
+        r.upsert("a", Kind::Homekit, vec!["s/#".into()], vec!["c/#".into()])
+            .expect("a");
         r.upsert("b", Kind::Other, vec![], vec![]).expect("b");
         r.revoke("b", Origin::Cloud, 9);
         save(dir.path(), &r.load().to_file()).expect("save");

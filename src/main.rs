@@ -15,7 +15,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_NO_DAEMON: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "hearthlink", version, about = "Home-automation gateway bridge: MQTT to cloud, privacy-filtered assistant links")]
+#[command(
+    name = "hearthlink",
+    version,
+    about = "Home-automation gateway bridge: MQTT to cloud, privacy-filtered assistant links"
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
@@ -101,7 +105,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; the daemon inside only speaks up on trouble.
     #[cfg(feature = "demo")]
-    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn,rumqttd=off" } else { "info,rumqttd=warn" };
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn,rumqttd=off"
+    } else {
+        "info,rumqttd=warn"
+    };
     #[cfg(not(feature = "demo"))]
     let default_filter = "info";
     init_logging(cli.log_format, default_filter);
@@ -121,8 +129,11 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -194,7 +205,9 @@ async fn dispatch(command: Command) -> ExitCode {
 async fn run_daemon(config: config::Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     spawn_signal_handler(token.clone())?;
-    hearthlink::run(config, token).await.context("hearthlink run")
+    hearthlink::run(config, token)
+        .await
+        .context("hearthlink run")
 }
 
 fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
@@ -214,9 +227,12 @@ fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
 async fn links(command: LinksCommand) -> anyhow::Result<()> {
     match command {
         LinksCommand::List { config, json } => {
-            let cfg = load_config(&config.config).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
+            let cfg = load_config(&config.config)
+                .map_err(|_| anyhow::anyhow!("invalid configuration"))?;
             let rows = match control::request(&cfg.control_socket, &json!({"cmd": "links"})).await {
-                Ok(v) => serde_json::from_value(v["links"].clone()).context("daemon's link list")?,
+                Ok(v) => {
+                    serde_json::from_value(v["links"].clone()).context("daemon's link list")?
+                }
                 Err(control::ControlError::NotRunning { .. }) => {
                     let file = hearthlink::links::load_file(&cfg.state_dir)?;
                     let reg = hearthlink::links::Registry::from_file(file)?;
@@ -228,7 +244,8 @@ async fn links(command: LinksCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LinksCommand::Revoke { id, config } => {
-            let cfg = load_config(&config.config).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
+            let cfg = load_config(&config.config)
+                .map_err(|_| anyhow::anyhow!("invalid configuration"))?;
             if !hearthlink::protocol::valid_link_id(&id) {
                 anyhow::bail!("link id must be 1 to 128 bytes without control characters");
             }
@@ -258,7 +275,10 @@ fn print_links(rows: &[control::LinkRow], as_json: bool) {
         println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
         return;
     }
-    println!("{:<24} {:<8} {:<8} {:<28} COMMANDS", "ID", "KIND", "STATE", "EXPOSE");
+    println!(
+        "{:<24} {:<8} {:<8} {:<28} COMMANDS",
+        "ID", "KIND", "STATE", "EXPOSE"
+    );
     for r in rows {
         let kind = r.kind.map(|k| k.as_str()).unwrap_or("-");
         println!(

@@ -98,7 +98,11 @@ impl MqttHandle {
     ) -> Result<oneshot::Receiver<Result<(), MqttError>>, MqttError> {
         let qos = to_qos(qos);
         let (tx, rx) = oneshot::channel();
-        let mut w = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !self.is_connected() {
             return Err(MqttError::Disconnected);
         }
@@ -133,11 +137,20 @@ fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
         .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024)
         .set_request_channel_capacity(REQUEST_CAPACITY);
     if let Some(user) = &cfg.username {
-        let pass = cfg.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
+        let pass = cfg
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
         o.set_credentials(user.clone(), pass);
     }
     if let Some(s) = status {
-        o.set_last_will(LastWill::new(s.topic.clone(), "offline", QoS::AtLeastOnce, true));
+        o.set_last_will(LastWill::new(
+            s.topic.clone(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
     }
     o
 }
@@ -238,7 +251,9 @@ impl Task {
                 Err(e) => {
                     let lived = up_since.take().map(|t| t.elapsed()).unwrap_or_default();
                     self.on_disconnected(&e);
-                    let delay = backoff.next_delay(lived, jitter()).max(Duration::from_millis(100));
+                    let delay = backoff
+                        .next_delay(lived, jitter())
+                        .max(Duration::from_millis(100));
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -250,7 +265,10 @@ impl Task {
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn on_connected(&mut self) {
@@ -266,7 +284,11 @@ impl Task {
         self.shared.connected.store(true, Ordering::Release);
         self.stats.broker.up();
         if let Some(s) = &self.status {
-            let mut w = self.shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self
+                .shared
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if self
                 .client
                 .try_publish(s.topic.clone(), QoS::AtLeastOnce, true, "online")
@@ -310,7 +332,9 @@ impl Task {
             return;
         }
         if let Some(s) = &self.status {
-            let _ = self.client.try_publish(s.topic.clone(), QoS::AtLeastOnce, true, "offline");
+            let _ = self
+                .client
+                .try_publish(s.topic.clone(), QoS::AtLeastOnce, true, "offline");
         }
         let _ = self.client.try_disconnect();
         let drain = async {

@@ -47,9 +47,7 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
 /// `privacy.mode`: which members of a payload a link audience may see.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Remove members whose key is a strip key; keep everything else.
@@ -416,7 +414,15 @@ mod tests {
 
     #[test]
     fn spellings_of_email_normalise_to_email() {
-        for key in ["E-Mail", "e_mail", "EMAIL", "Émail", "ＥＭＡＩＬ", "e.mail", " e mail "] {
+        for key in [
+            "E-Mail",
+            "e_mail",
+            "EMAIL",
+            "Émail",
+            "ＥＭＡＩＬ",
+            "e.mail",
+            " e mail ",
+        ] {
             assert_eq!(normalize_key(key), "email", "{key:?}");
         }
         assert_eq!(normalize_key("E\u{301}mail"), "email");
@@ -495,7 +501,10 @@ mod tests {
             assert_eq!(policy.filter(&input), Some(expected));
         }
         let top = json!("ping jo@x.com");
-        assert_eq!(Policy::default().filter(&top), Some(json!("ping [redacted]")));
+        assert_eq!(
+            Policy::default().filter(&top),
+            Some(json!("ping [redacted]"))
+        );
     }
 
     #[test]
@@ -514,8 +523,19 @@ mod tests {
             assert!(contains_email(s), "{s:?}");
         }
         for s in [
-            "a@b", "x@y.c", "@example.com", "a@.com", "a@b..com", "a@b.c0m", "a@b.1com",
-            "a @b.com", "a@ b.com", "user@localhost", "", "@", "a@b.c.d",
+            "a@b",
+            "x@y.c",
+            "@example.com",
+            "a@.com",
+            "a@b..com",
+            "a@b.c0m",
+            "a@b.1com",
+            "a @b.com",
+            "a@ b.com",
+            "user@localhost",
+            "",
+            "@",
+            "a@b.c.d",
         ] {
             assert!(!contains_email(s), "{s:?}");
             assert!(matches!(redact_emails(s), Cow::Borrowed(_)));
@@ -560,7 +580,11 @@ mod tests {
     fn nested(depth: usize) -> Value {
         let mut v = json!({"name": "x", "v": 1});
         for i in 1..depth {
-            v = if i % 2 == 0 { json!([v]) } else { json!({ "n": v }) };
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({ "n": v })
+            };
         }
         v
     }

@@ -277,7 +277,9 @@ pub fn decode(text: &str) -> Result<Inbound, FrameError> {
                 id: id.clone(),
                 link_id: l.clone(),
             }),
-            _ => Err("`link_id` must be a string of 1 to 128 bytes without control characters".into()),
+            _ => Err(
+                "`link_id` must be a string of 1 to 128 bytes without control characters".into(),
+            ),
         },
         Some("sync") => Ok(Inbound::Sync { id: id.clone() }),
         Some(other) => Err(format!("unknown frame type {:?}", truncate(other, 32))),
@@ -297,7 +299,9 @@ fn decode_welcome(obj: &Map<String, Value>) -> Result<Inbound, FrameError> {
     let server_time = obj
         .get("server_time")
         .and_then(Value::as_i64)
-        .ok_or_else(|| FrameError::invalid("welcome: `server_time` must be an integer (unix ms)"))?;
+        .ok_or_else(|| {
+            FrameError::invalid("welcome: `server_time` must be an integer (unix ms)")
+        })?;
     let heartbeat_s = match obj.get("heartbeat_s") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -334,7 +338,9 @@ fn decode_command(id: &str, obj: &Map<String, Value>) -> Result<Command, String>
         Source::App(source_raw.clone())
     } else if let Some(link) = source_raw.strip_prefix("link:") {
         if !valid_link_id(link) {
-            return Err("`source` link id must be 1 to 128 bytes without control characters".into());
+            return Err(
+                "`source` link id must be 1 to 128 bytes without control characters".into(),
+            );
         }
         Source::Link(link.to_owned())
     } else {
@@ -385,14 +391,22 @@ fn decode_link(obj: &Map<String, Value>) -> Result<LinkSpec, String> {
     };
     let id = match link.get("id") {
         Some(Value::String(s)) if valid_link_id(s) => s.clone(),
-        _ => return Err("`link.id` must be a string of 1 to 128 bytes without control characters".into()),
+        _ => {
+            return Err(
+                "`link.id` must be a string of 1 to 128 bytes without control characters".into(),
+            )
+        }
     };
     let kind = match link.get("kind").and_then(Value::as_str) {
         Some("alexa") => Kind::Alexa,
         Some("google") => Kind::Google,
         Some("homekit") => Kind::Homekit,
         Some("other") => Kind::Other,
-        _ => return Err("`link.kind` must be \"alexa\", \"google\", \"homekit\" or \"other\"".into()),
+        _ => {
+            return Err(
+                "`link.kind` must be \"alexa\", \"google\", \"homekit\" or \"other\"".into(),
+            )
+        }
     };
     let filters = |name: &str| -> Result<Vec<String>, String> {
         match link.get(name) {
@@ -402,7 +416,9 @@ fn decode_link(obj: &Map<String, Value>) -> Result<LinkSpec, String> {
                 .map(|f| match f {
                     Value::String(s) => crate::topic::validate_filter(s)
                         .map(|()| s.clone())
-                        .map_err(|e| format!("`link.{name}`: invalid filter {:?}: {e}", truncate(s, 64))),
+                        .map_err(|e| {
+                            format!("`link.{name}`: invalid filter {:?}: {e}", truncate(s, 64))
+                        }),
                     _ => Err(format!("`link.{name}` must be a list of strings")),
                 })
                 .collect(),

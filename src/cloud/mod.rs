@@ -96,7 +96,10 @@ pub enum CloudError {
 
 impl CloudError {
     fn is_auth(&self) -> bool {
-        matches!(self, CloudError::Unauthorized(_) | CloudError::Closed { code: 4001, .. })
+        matches!(
+            self,
+            CloudError::Unauthorized(_) | CloudError::Closed { code: 4001, .. }
+        )
     }
 }
 
@@ -150,7 +153,11 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             backoff.next_delay(lived, jitter())
         };
         w.stats.cloud.down(err.to_string());
-        tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting to the cloud");
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            attempt = backoff.attempt(),
+            "reconnecting to the cloud"
+        );
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -160,7 +167,10 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
 
 /// Dials the cloud: TCP, TLS (unless an allowed `ws://`), websocket upgrade
 /// with the token and subprotocol.
-async fn connect(cfg: &CloudConfig, platform: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Ws, CloudError> {
+async fn connect(
+    cfg: &CloudConfig,
+    platform: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Ws, CloudError> {
     let url = &cfg.url;
     let host = url
         .host_str()
@@ -171,14 +181,18 @@ async fn connect(cfg: &CloudConfig, platform: &[rustls::pki_types::CertificateDe
     let port = url
         .port_or_known_default()
         .ok_or_else(|| CloudError::Url(url.to_string(), "no port".into()))?;
-    let token_text = std::fs::read_to_string(&cfg.token_file).map_err(|source| CloudError::Token {
-        path: cfg.token_file.display().to_string(),
-        source,
-    })?;
+    let token_text =
+        std::fs::read_to_string(&cfg.token_file).map_err(|source| CloudError::Token {
+            path: cfg.token_file.display().to_string(),
+            source,
+        })?;
     let addr = format!("{host}:{port}");
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|source| CloudError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| CloudError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if url.scheme() == "ws" {
         tracing::warn!(url = %url, "cloud.allow_insecure: connecting without TLS");
@@ -190,21 +204,29 @@ async fn connect(cfg: &CloudConfig, platform: &[rustls::pki_types::CertificateDe
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|source| CloudError::Handshake { host: host.clone(), source })?;
+            .map_err(|source| CloudError::Handshake {
+                host: host.clone(),
+                source,
+            })?;
         Box::new(tls)
     };
     let mut req = url
         .as_str()
         .into_client_request()
         .map_err(|e| CloudError::Url(url.to_string(), e.to_string()))?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", token_text.trim()))
-        .map_err(|_| CloudError::Upgrade("cloud.token_file holds characters not allowed in a header".into()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", token_text.trim())).map_err(|_| {
+        CloudError::Upgrade("cloud.token_file holds characters not allowed in a header".into())
+    })?;
     req.headers_mut().insert("Authorization", bearer);
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol::SUBPROTOCOL));
-    let mut ws_cfg = WebSocketConfig::default();
-    ws_cfg.max_message_size = Some(TRANSPORT_MAX);
-    ws_cfg.max_frame_size = Some(TRANSPORT_MAX);
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(protocol::SUBPROTOCOL),
+    );
+    let ws_cfg = WebSocketConfig {
+        max_message_size: Some(TRANSPORT_MAX),
+        max_frame_size: Some(TRANSPORT_MAX),
+        ..WebSocketConfig::default()
+    };
     let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_cfg))
         .await
         .map_err(|e| match e {
@@ -212,10 +234,15 @@ async fn connect(cfg: &CloudConfig, platform: &[rustls::pki_types::CertificateDe
                 CloudError::Unauthorized(resp.status().as_u16())
             }
             WsError::Http(resp) => CloudError::Upgrade(format!("HTTP {}", resp.status())),
-            WsError::Protocol(p) if p.to_string().contains("SubProtocol") => CloudError::Subprotocol,
+            WsError::Protocol(p) if p.to_string().contains("SubProtocol") => {
+                CloudError::Subprotocol
+            }
             other => CloudError::Upgrade(other.to_string()),
         })?;
-    let selected = resp.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
+    let selected = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok());
     if selected != Some(protocol::SUBPROTOCOL) {
         return Err(CloudError::Subprotocol);
     }
@@ -280,7 +307,8 @@ impl<'a> Session<'a> {
     }
 
     async fn run(&mut self, token: &CancellationToken) -> Result<(), CloudError> {
-        self.send_text(protocol::encode_hello(&self.w.gateway_id)).await?;
+        self.send_text(protocol::encode_hello(&self.w.gateway_id))
+            .await?;
         let welcome_by = tokio::time::Instant::now() + WELCOME_TIMEOUT;
         let mut ping = tokio::time::interval(self.heartbeat);
         ping.reset();
@@ -324,7 +352,12 @@ impl<'a> Session<'a> {
 
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
         let msg = match msg {
-            None => return Step::Stop(Err(CloudError::Closed { code: 1006, reason: "connection ended".into() })),
+            None => {
+                return Step::Stop(Err(CloudError::Closed {
+                    code: 1006,
+                    reason: "connection ended".into(),
+                }))
+            }
             Some(Err(e)) => return Step::Stop(Err(e.into())),
             Some(Ok(m)) => m,
         };
@@ -335,7 +368,10 @@ impl<'a> Session<'a> {
                 self.on_text(&text).await
             }
             Message::Binary(_) => {
-                self.send_error(FrameError::invalid("binary frames are not part of the protocol")).await
+                self.send_error(FrameError::invalid(
+                    "binary frames are not part of the protocol",
+                ))
+                .await
             }
             Message::Close(frame) => {
                 let (code, reason) = frame
@@ -356,7 +392,10 @@ impl<'a> Session<'a> {
             return self
                 .send_error(FrameError {
                     reason: Reason::TooLarge,
-                    message: format!("frame of {} bytes is over cloud.max_frame_bytes", text.len()),
+                    message: format!(
+                        "frame of {} bytes is over cloud.max_frame_bytes",
+                        text.len()
+                    ),
                 })
                 .await;
         }
@@ -364,7 +403,11 @@ impl<'a> Session<'a> {
             Ok(f) => f,
             Err(e) => return self.send_error(e).await,
         };
-        if let Inbound::Welcome { server_time, heartbeat_s } = frame {
+        if let Inbound::Welcome {
+            server_time,
+            heartbeat_s,
+        } = frame
+        {
             self.w.clock.set_server_time(server_time, local_ms());
             if let Some(h) = heartbeat_s {
                 self.heartbeat = Duration::from_secs(h);
@@ -379,11 +422,15 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if self.up_since.is_none() {
-            return self.send_error(FrameError::invalid("welcome expected")).await;
+            return self
+                .send_error(FrameError::invalid("welcome expected"))
+                .await;
         }
         if let Inbound::Revoke { link_id, .. } = &frame {
             // Instant: no frame for this link is written after this line.
-            self.w.registry.revoke(link_id, Origin::Cloud, self.w.clock.now_ms());
+            self.w
+                .registry
+                .revoke(link_id, Origin::Cloud, self.w.clock.now_ms());
         }
         self.tell_relay(CloudEvent::Frame(frame)).await
     }
@@ -406,7 +453,11 @@ impl<'a> Session<'a> {
         while let Some(f) = next.take() {
             if self.allowed(&f) {
                 let len = f.text.len() as u64;
-                let r = tokio::time::timeout(self.heartbeat * 2, self.ws.feed(Message::Text(f.text.clone()))).await;
+                let r = tokio::time::timeout(
+                    self.heartbeat * 2,
+                    self.ws.feed(Message::Text(f.text.clone())),
+                )
+                .await;
                 match r {
                     Ok(Ok(())) => {
                         Stats::add(&self.w.stats.bytes_up, len);
@@ -455,7 +506,12 @@ impl<'a> Session<'a> {
     async fn on_written(&mut self, f: &OutFrame) {
         match &f.meta {
             Meta::State { audience: None, .. } => Stats::add(&self.w.stats.frames_up, 1),
-            Meta::State { audience: Some(link), topic, ts, keys } => {
+            Meta::State {
+                audience: Some(link),
+                topic,
+                ts,
+                keys,
+            } => {
                 Stats::add(&self.w.stats.link_frames_up, 1);
                 let kind = self.w.registry.load().get(link).map(|l| l.kind);
                 if let (Some(kind), Some(keys)) = (kind, keys) {

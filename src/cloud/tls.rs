@@ -22,7 +22,9 @@ pub enum TlsError {
     },
     #[error("cloud.ca_file {0} holds no usable certificate")]
     CaEmpty(String),
-    #[error("no trusted root certificate: the platform store is empty and cloud.ca_file is not set")]
+    #[error(
+        "no trusted root certificate: the platform store is empty and cloud.ca_file is not set"
+    )]
     NoRoots,
     #[error("building the TLS configuration: {0}")]
     Rustls(String),
@@ -53,7 +55,9 @@ pub fn client_config(
             path: name.clone(),
             source,
         })?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).flatten().collect();
+        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+            .flatten()
+            .collect();
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
             return Err(TlsError::CaEmpty(name));
@@ -97,9 +101,13 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         let spki = spki_of(end_entity).ok_or_else(|| {
             rustls::Error::General("server certificate: cannot find its public key".into())
         })?;
@@ -159,8 +167,12 @@ fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// The DER SubjectPublicKeyInfo of an X.509 certificate.
 pub fn spki_of(cert: &[u8]) -> Option<&[u8]> {
-    let (0x30, _, cert_body) = tlv(cert)? else { return None };
-    let (0x30, _, mut tbs) = tlv(cert_body)? else { return None };
+    let (0x30, _, cert_body) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, _, mut tbs) = tlv(cert_body)? else {
+        return None;
+    };
     // [0] version (optional), serial, signature, issuer, validity, subject, spki
     let mut skip = 5;
     if tbs.first() == Some(&0xa0) {

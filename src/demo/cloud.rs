@@ -29,7 +29,9 @@ pub fn generate() -> anyhow::Result<Certs> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "hearthlink demo CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hearthlink demo CA");
     let ca = ca_params.self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
     let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
@@ -52,7 +54,11 @@ pub struct Cloud {
 
 /// Starts the server; it serves one gateway connection at a time until
 /// `token` is cancelled.
-pub async fn start(certs: &Certs, token_value: String, cancel: CancellationToken) -> anyhow::Result<Cloud> {
+pub async fn start(
+    certs: &Certs,
+    token_value: String,
+    cancel: CancellationToken,
+) -> anyhow::Result<Cloud> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -72,20 +78,30 @@ pub async fn start(certs: &Certs, token_value: String, cancel: CancellationToken
                 _ = cancel.cancelled() => return,
                 c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
             };
-            let Ok(stream) = acceptor.accept(tcp).await else { continue };
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
             let expected = format!("Bearer {token_value}");
+            #[allow(clippy::result_large_err)] // the shape tungstenite's callback requires
             let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-                let auth = req.headers().get("Authorization").and_then(|v| v.to_str().ok());
+                let auth = req
+                    .headers()
+                    .get("Authorization")
+                    .and_then(|v| v.to_str().ok());
                 if auth != Some(expected.as_str()) {
                     let mut e = ErrorResponse::new(Some("bad token".into()));
                     *e.status_mut() = StatusCode::UNAUTHORIZED;
                     return Err(e);
                 }
-                resp.headers_mut()
-                    .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("hearthlink.v1"));
+                resp.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_static("hearthlink.v1"),
+                );
                 Ok(resp)
             };
-            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else { continue };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+                continue;
+            };
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => { let _ = ws.close(None).await; return }

@@ -46,12 +46,17 @@ fn line(s: &str) {
 
 fn heading(s: &str) {
     println!();
-    line(&format!("== {s} {}", "=".repeat(WIDTH.saturating_sub(s.len() + 4))));
+    line(&format!(
+        "== {s} {}",
+        "=".repeat(WIDTH.saturating_sub(s.len() + 4))
+    ));
 }
 
 /// Starts rumqttd on a free loopback port, in its own threads.
 fn start_broker() -> anyhow::Result<u16> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let cfg: rumqttd::Config = serde_json::from_value(json!({
         "id": 0,
         "router": {"max_connections": 100, "max_outgoing_packet_count": 200,
@@ -128,7 +133,11 @@ max_backoff_s = 2
     let daemon = tokio::spawn(crate::run(config, daemon_token.clone()));
 
     line("hearthlink demo: in-process broker, local TLS cloud, the real daemon.");
-    line(&format!("broker 127.0.0.1:{port}  cloud wss://localhost:{}  seed {}", cloud.addr.port(), args.seed));
+    line(&format!(
+        "broker 127.0.0.1:{port}  cloud wss://localhost:{}  seed {}",
+        cloud.addr.port(),
+        args.seed
+    ));
 
     let home = Home::start(port, args.seed).await?;
     let result = tokio::select! {
@@ -150,8 +159,8 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -186,7 +195,12 @@ impl Home {
                             println!("  device  {dev}/o/{n} obeys command: {value}");
                             let topic = format!("ampio/from/{dev}/state/o/{n}");
                             let _ = obey
-                                .publish(topic, QoS::AtLeastOnce, false, json!({"value": value}).to_string())
+                                .publish(
+                                    topic,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    json!({"value": value}).to_string(),
+                                )
                                 .await;
                         }
                     }
@@ -205,9 +219,18 @@ impl Home {
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         let temp = 19.0 + f64::from(rng.gen_range(0..40u8)) / 10.0;
         vec![
-            ("ampio/from/living/state/o/1".into(), json!({"value": rng.gen_range(0..2u8), "room": "living room"})),
-            ("ampio/from/blinds/state/pos".into(), json!({"position": rng.gen_range(0..=100u8)})),
-            ("ampio/from/thermo/state/t".into(), json!({"temperature": temp, "setpoint": 21.5})),
+            (
+                "ampio/from/living/state/o/1".into(),
+                json!({"value": rng.gen_range(0..2u8), "room": "living room"}),
+            ),
+            (
+                "ampio/from/blinds/state/pos".into(),
+                json!({"position": rng.gen_range(0..=100u8)}),
+            ),
+            (
+                "ampio/from/thermo/state/t".into(),
+                json!({"temperature": temp, "setpoint": 21.5}),
+            ),
             (
                 "ampio/from/scene/state/evening".into(),
                 json!({"scene": "evening", "owner": {"name": "Anna Kowalska",
@@ -219,7 +242,9 @@ impl Home {
 
     async fn publish_all(&self) -> anyhow::Result<()> {
         for (topic, v) in self.states() {
-            self.client.publish(topic, QoS::AtLeastOnce, false, v.to_string()).await?;
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, v.to_string())
+                .await?;
         }
         Ok(())
     }
@@ -233,15 +258,23 @@ async fn show(frames: &mut mpsc::Receiver<Value>, for_ms: u64, counts: &mut Hash
         seen.push(v);
     }
     seen.sort_by(|a, b| {
-        (a["topic"].as_str(), a["audience"].as_str()).cmp(&(b["topic"].as_str(), b["audience"].as_str()))
+        (a["topic"].as_str(), a["audience"].as_str())
+            .cmp(&(b["topic"].as_str(), b["audience"].as_str()))
     });
     for v in seen {
         match v["type"].as_str() {
             Some("state") => {
                 let aud = v["audience"].as_str().unwrap_or("?").to_owned();
                 *counts.entry(aud.clone()).or_default() += 1;
-                let who = if aud == "app" { "APP      " } else { "ASSISTANT" };
-                let topic = v["topic"].as_str().unwrap_or("").trim_start_matches("ampio/from/");
+                let who = if aud == "app" {
+                    "APP      "
+                } else {
+                    "ASSISTANT"
+                };
+                let topic = v["topic"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches("ampio/from/");
                 line(&format!("  {who} {topic}"));
                 line(&format!("            {}", v["payload"]));
             }
@@ -270,8 +303,10 @@ async fn walkthrough(
     heading("2. the cloud links an assistant");
     cloud
         .send
-        .send(json!({"type": "link", "id": "l-1", "link": {"id": ASSISTANT, "kind": "alexa",
-            "expose": ["ampio/from/+/state/#"], "commands": ["ampio/to/+/o/+/cmd"]}}))
+        .send(
+            json!({"type": "link", "id": "l-1", "link": {"id": ASSISTANT, "kind": "alexa",
+            "expose": ["ampio/from/+/state/#"], "commands": ["ampio/to/+/o/+/cmd"]}}),
+        )
         .await?;
     show(&mut cloud.frames, 500, &mut counts).await;
 
@@ -292,27 +327,44 @@ async fn walkthrough(
     show(&mut cloud.frames, 1000, &mut counts).await;
 
     heading("5. the cloud revokes the assistant");
-    cloud.send.send(json!({"type": "revoke", "id": "r-1", "link_id": ASSISTANT})).await?;
+    cloud
+        .send
+        .send(json!({"type": "revoke", "id": "r-1", "link_id": ASSISTANT}))
+        .await?;
     show(&mut cloud.frames, 500, &mut counts).await;
     counts.remove(&format!("link:{ASSISTANT}"));
     home.publish_all().await?;
     cloud
         .send
-        .send(json!({"type": "command", "id": "c-3", "source": "link:alexa-demo",
-            "topic": "ampio/to/living/o/1/cmd", "payload": "0"}))
+        .send(
+            json!({"type": "command", "id": "c-3", "source": "link:alexa-demo",
+            "topic": "ampio/to/living/o/1/cmd", "payload": "0"}),
+        )
         .await?;
     show(&mut cloud.frames, 1000, &mut counts).await;
-    let after = counts.get(&format!("link:{ASSISTANT}")).copied().unwrap_or(0);
-    line(&format!("  -> frames for the assistant after its revocation: {after}"));
+    let after = counts
+        .get(&format!("link:{ASSISTANT}"))
+        .copied()
+        .unwrap_or(0);
+    line(&format!(
+        "  -> frames for the assistant after its revocation: {after}"
+    ));
 
     heading("6. the audit trail: what the assistant was sent");
     tokio::time::sleep(Duration::from_millis(1200)).await; // one audit flush
     let doc = crate::audit::export(state_dir, Some(ASSISTANT))?;
     let summary = &doc["links"][ASSISTANT];
-    line(&format!("  {ASSISTANT}: {} frames, revoked: {}", summary["frames_sent"], summary["revoked"]));
+    line(&format!(
+        "  {ASSISTANT}: {} frames, revoked: {}",
+        summary["frames_sent"], summary["revoked"]
+    ));
     if let Some(topics) = summary["topics"].as_object() {
         for (topic, t) in topics {
-            line(&format!("  {:<34} keys {}", topic.trim_start_matches("ampio/from/"), t["keys"]));
+            line(&format!(
+                "  {:<34} keys {}",
+                topic.trim_start_matches("ampio/from/"),
+                t["keys"]
+            ));
         }
     }
     heading("done");

@@ -13,7 +13,9 @@ fn decodes_a_command() {
         r#"{"type":"command","id":"c-17","source":"app","topic":"ampio/to/ab12/o/1/cmd","payload":"1","qos":1,"expires_at":1764028805000}"#,
     )
     .expect("decodes");
-    let Inbound::Command(c) = f else { panic!("not a command: {f:?}") };
+    let Inbound::Command(c) = f else {
+        panic!("not a command: {f:?}")
+    };
     assert_eq!(c.payload, b"1");
     assert_eq!(c.qos, 1);
     assert_eq!(c.expires_at, Some(1764028805000));
@@ -28,7 +30,10 @@ fn payload_forms() {
         Ok(Inbound::Command(c)) => Ok(c.payload),
         other => Err(format!("{other:?}")),
     };
-    assert_eq!(cmd(r#""payload":{"b":1,"a":[true,null]}"#), Ok(br#"{"b":1,"a":[true,null]}"#.to_vec()));
+    assert_eq!(
+        cmd(r#""payload":{"b":1,"a":[true,null]}"#),
+        Ok(br#"{"b":1,"a":[true,null]}"#.to_vec())
+    );
     assert_eq!(cmd(r#""payload":null"#), Ok(b"null".to_vec()));
     assert_eq!(cmd(r#""payload_b64":"AAH/""#), Ok(vec![0, 1, 255]));
     assert!(cmd(r#""payload_b64":"***""#).is_err());
@@ -38,12 +43,27 @@ fn payload_forms() {
 
 #[test]
 fn strict_json_rules() {
-    assert!(invalid_id(r#"{"type":"command","id":"d","id2":1,"source":"app","topic":"t","payload":1,"payload":2}"#).is_none());
-    assert!(decode(r#"{"type":"sync","id":"a","id":"b"}"#).is_err(), "duplicate keys");
-    assert!(decode(r#"{"type":"sync","id":"\ud800"}"#).is_err(), "lone surrogate");
-    assert!(decode(r#"{"type":"sync","id":"a","x":1e400}"#).is_err(), "number out of range");
+    assert!(invalid_id(
+        r#"{"type":"command","id":"d","id2":1,"source":"app","topic":"t","payload":1,"payload":2}"#
+    )
+    .is_none());
+    assert!(
+        decode(r#"{"type":"sync","id":"a","id":"b"}"#).is_err(),
+        "duplicate keys"
+    );
+    assert!(
+        decode(r#"{"type":"sync","id":"\ud800"}"#).is_err(),
+        "lone surrogate"
+    );
+    assert!(
+        decode(r#"{"type":"sync","id":"a","x":1e400}"#).is_err(),
+        "number out of range"
+    );
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    assert!(decode(&format!(r#"{{"type":"sync","id":"a","x":{deep}}}"#)).is_err(), "too deep");
+    assert!(
+        decode(&format!(r#"{{"type":"sync","id":"a","x":{deep}}}"#)).is_err(),
+        "too deep"
+    );
     let ok_depth = format!("{}{}", "[".repeat(120), "]".repeat(120));
     assert!(decode(&format!(r#"{{"type":"sync","id":"a","x":{ok_depth}}}"#)).is_ok());
 }
@@ -55,7 +75,10 @@ fn usable_ids() {
     let long = "x".repeat(129);
     assert!(decode(&format!(r#"{{"type":"sync","id":"{long}"}}"#)).is_err());
     let max = "x".repeat(128);
-    assert!(matches!(decode(&format!(r#"{{"type":"sync","id":"{max}"}}"#)), Ok(Inbound::Sync { .. })));
+    assert!(matches!(
+        decode(&format!(r#"{{"type":"sync","id":"{max}"}}"#)),
+        Ok(Inbound::Sync { .. })
+    ));
     // an id with an unknown or missing type is acked rejected/invalid
     assert!(invalid_id(r#"{"type":"dance","id":"q"}"#).is_some());
     assert!(invalid_id(r#"{"id":"q"}"#).is_some());
@@ -65,13 +88,26 @@ fn usable_ids() {
 
 #[test]
 fn sources_and_links() {
-    assert!(invalid_id(r#"{"type":"command","id":"c","source":"robot","topic":"t","payload":1}"#).is_some());
-    assert!(invalid_id(r#"{"type":"command","id":"c","source":"link:","topic":"t","payload":1}"#).is_some());
-    let f = decode(r#"{"type":"link","id":"l-1","link":{"id":"alexa-7f3","kind":"alexa","expose":["ampio/from/+/state/#"]}}"#);
-    let Ok(Inbound::Link { link, .. }) = f else { panic!("{f:?}") };
+    assert!(
+        invalid_id(r#"{"type":"command","id":"c","source":"robot","topic":"t","payload":1}"#)
+            .is_some()
+    );
+    assert!(
+        invalid_id(r#"{"type":"command","id":"c","source":"link:","topic":"t","payload":1}"#)
+            .is_some()
+    );
+    let f = decode(
+        r#"{"type":"link","id":"l-1","link":{"id":"alexa-7f3","kind":"alexa","expose":["ampio/from/+/state/#"]}}"#,
+    );
+    let Ok(Inbound::Link { link, .. }) = f else {
+        panic!("{f:?}")
+    };
     assert_eq!(link.kind, Kind::Alexa);
     assert!(link.commands.is_empty());
-    assert!(invalid_id(r#"{"type":"link","id":"l","link":{"id":"a","kind":"alexa","expose":["a/#/b"]}}"#).is_some());
+    assert!(invalid_id(
+        r#"{"type":"link","id":"l","link":{"id":"a","kind":"alexa","expose":["a/#/b"]}}"#
+    )
+    .is_some());
     assert!(invalid_id(r#"{"type":"link","id":"l","link":{"id":"a","kind":"siri"}}"#).is_some());
     assert!(invalid_id(r#"{"type":"revoke","id":"r"}"#).is_some());
 }
@@ -80,14 +116,23 @@ fn sources_and_links() {
 fn welcome() {
     assert_eq!(
         decode(r#"{"type":"welcome","server_time":1764028800000,"heartbeat_s":5}"#),
-        Ok(Inbound::Welcome { server_time: 1764028800000, heartbeat_s: Some(5) })
+        Ok(Inbound::Welcome {
+            server_time: 1764028800000,
+            heartbeat_s: Some(5)
+        })
     );
     assert!(decode(r#"{"type":"welcome"}"#).is_err());
 }
 
 #[test]
 fn encodes_state_frames() {
-    let f = encode_state(None, "a/\"b\"", PayloadRepr::classify(br#" {"value":1} "#), 5, false);
+    let f = encode_state(
+        None,
+        "a/\"b\"",
+        PayloadRepr::classify(br#" {"value":1} "#),
+        5,
+        false,
+    );
     let v: serde_json::Value = serde_json::from_str(&f).expect("valid JSON");
     assert_eq!(v["payload"]["value"], 1);
     assert_eq!(v["topic"], "a/\"b\"");
@@ -107,9 +152,15 @@ fn encodes_state_frames() {
 
 #[test]
 fn encodes_acks() {
-    assert_eq!(encode_ack("c-17", &Outcome::Ok), r#"{"type":"ack","id":"c-17","status":"ok"}"#);
     assert_eq!(
-        encode_ack("c-18", &Outcome::rejected(Reason::Forbidden, "topic not allowed")),
+        encode_ack("c-17", &Outcome::Ok),
+        r#"{"type":"ack","id":"c-17","status":"ok"}"#
+    );
+    assert_eq!(
+        encode_ack(
+            "c-18",
+            &Outcome::rejected(Reason::Forbidden, "topic not allowed")
+        ),
         r#"{"type":"ack","id":"c-18","status":"rejected","reason":"forbidden","message":"topic not allowed"}"#
     );
 }

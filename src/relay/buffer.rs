@@ -164,7 +164,9 @@ mod tests {
         b.put(None, t("a"), 2); // a is now the newest
         assert!(b.put(None, t("c"), 1)); // drops b
         assert_eq!(b.dropped(), 1);
-        let topics: Vec<_> = std::iter::from_fn(|| b.pop_oldest()).map(|e| e.topic).collect();
+        let topics: Vec<_> = std::iter::from_fn(|| b.pop_oldest())
+            .map(|e| e.topic)
+            .collect();
         assert_eq!(topics, [t("a"), t("c")]);
     }
 

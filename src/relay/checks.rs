@@ -29,7 +29,11 @@ pub struct Context<'a> {
 }
 
 /// Runs every check after the frame-shape check (done by the decoder).
-pub fn decide(cmd: &Command, ctx: &Context<'_>, spend_token: impl FnOnce(&str) -> bool) -> Decision {
+pub fn decide(
+    cmd: &Command,
+    ctx: &Context<'_>,
+    spend_token: impl FnOnce(&str) -> bool,
+) -> Decision {
     use Decision::Reject;
     if cmd.payload.len() > ctx.max_payload_bytes {
         return Reject(
@@ -45,7 +49,10 @@ pub fn decide(cmd: &Command, ctx: &Context<'_>, spend_token: impl FnOnce(&str) -
         if exp < ctx.now_ms {
             return Reject(
                 Reason::Expired,
-                format!("expired {} ms ago (gateway clock with cloud offset)", ctx.now_ms - exp),
+                format!(
+                    "expired {} ms ago (gateway clock with cloud offset)",
+                    ctx.now_ms - exp
+                ),
             );
         }
     }
@@ -60,7 +67,10 @@ pub fn decide(cmd: &Command, ctx: &Context<'_>, spend_token: impl FnOnce(&str) -
         return Reject(Reason::Forbidden, format!("not a valid topic name: {e}"));
     }
     if !ctx.command_topics.matches(&cmd.topic) {
-        return Reject(Reason::Forbidden, "topic not allowed by relay.command_topics".into());
+        return Reject(
+            Reason::Forbidden,
+            "topic not allowed by relay.command_topics".into(),
+        );
     }
     if let Some(l) = link {
         if !l.commands.matches(&cmd.topic) {
@@ -68,7 +78,10 @@ pub fn decide(cmd: &Command, ctx: &Context<'_>, spend_token: impl FnOnce(&str) -
         }
     }
     if !spend_token(&cmd.source_raw) {
-        return Reject(Reason::RateLimited, "command rate limit of this source exceeded".into());
+        return Reject(
+            Reason::RateLimited,
+            "command rate limit of this source exceeded".into(),
+        );
     }
     if !ctx.broker_connected {
         return Reject(Reason::Unavailable, "broker not connected".into());
@@ -99,9 +112,15 @@ mod tests {
 
     fn setup() -> (Registry, FilterSet) {
         let r = Registry::from_file(LinksFile::default()).expect("registry");
-        r.upsert("alexa-1", Kind::Alexa, vec![], vec!["ampio/to/+/o/+/cmd".into()])
+        r.upsert(
+            "alexa-1",
+            Kind::Alexa,
+            vec![],
+            vec!["ampio/to/+/o/+/cmd".into()],
+        )
+        .expect("link");
+        r.upsert("gone", Kind::Google, vec![], vec!["#".into()])
             .expect("link");
-        r.upsert("gone", Kind::Google, vec![], vec!["#".into()]).expect("link");
         r.revoke("gone", Origin::Cloud, 0);
         (r, FilterSet::new(["ampio/to/#"]).expect("filters"))
     }
@@ -130,27 +149,73 @@ mod tests {
     fn each_reason_in_order() {
         let app = || Source::App("app".into());
         let ok_topic = "ampio/to/ab/o/1/cmd";
-        assert_eq!(reason(run(&cmd(app(), ok_topic, b"1", None), true, true)), None);
-        assert_eq!(reason(run(&cmd(app(), ok_topic, b"123456789", Some(0)), true, true)), Some(Reason::TooLarge));
-        assert_eq!(reason(run(&cmd(app(), "bad/#", b"1", Some(999)), true, true)), Some(Reason::Expired));
         assert_eq!(
-            reason(run(&cmd(Source::Link("gone".into()), "x", b"1", None), true, true)),
+            reason(run(&cmd(app(), ok_topic, b"1", None), true, true)),
+            None
+        );
+        assert_eq!(
+            reason(run(
+                &cmd(app(), ok_topic, b"123456789", Some(0)),
+                true,
+                true
+            )),
+            Some(Reason::TooLarge)
+        );
+        assert_eq!(
+            reason(run(&cmd(app(), "bad/#", b"1", Some(999)), true, true)),
+            Some(Reason::Expired)
+        );
+        assert_eq!(
+            reason(run(
+                &cmd(Source::Link("gone".into()), "x", b"1", None),
+                true,
+                true
+            )),
             Some(Reason::Revoked)
         );
         assert_eq!(
-            reason(run(&cmd(Source::Link("never".into()), ok_topic, b"1", None), true, true)),
+            reason(run(
+                &cmd(Source::Link("never".into()), ok_topic, b"1", None),
+                true,
+                true
+            )),
             Some(Reason::Revoked)
         );
-        assert_eq!(reason(run(&cmd(app(), "ampio/to/+", b"1", None), false, false)), Some(Reason::Forbidden));
-        assert_eq!(reason(run(&cmd(app(), "ampio/from/x", b"1", None), false, false)), Some(Reason::Forbidden));
         assert_eq!(
-            reason(run(&cmd(Source::Link("alexa-1".into()), "ampio/to/ab/scene", b"1", None), true, true)),
+            reason(run(&cmd(app(), "ampio/to/+", b"1", None), false, false)),
             Some(Reason::Forbidden)
         );
-        assert_eq!(reason(run(&cmd(app(), ok_topic, b"1", None), false, false)), Some(Reason::RateLimited));
-        assert_eq!(reason(run(&cmd(app(), ok_topic, b"1", None), false, true)), Some(Reason::Unavailable));
         assert_eq!(
-            reason(run(&cmd(Source::Link("alexa-1".into()), ok_topic, b"1", Some(1_000)), true, true)),
+            reason(run(&cmd(app(), "ampio/from/x", b"1", None), false, false)),
+            Some(Reason::Forbidden)
+        );
+        assert_eq!(
+            reason(run(
+                &cmd(
+                    Source::Link("alexa-1".into()),
+                    "ampio/to/ab/scene",
+                    b"1",
+                    None
+                ),
+                true,
+                true
+            )),
+            Some(Reason::Forbidden)
+        );
+        assert_eq!(
+            reason(run(&cmd(app(), ok_topic, b"1", None), false, false)),
+            Some(Reason::RateLimited)
+        );
+        assert_eq!(
+            reason(run(&cmd(app(), ok_topic, b"1", None), false, true)),
+            Some(Reason::Unavailable)
+        );
+        assert_eq!(
+            reason(run(
+                &cmd(Source::Link("alexa-1".into()), ok_topic, b"1", Some(1_000)),
+                true,
+                true
+            )),
             None
         );
     }
@@ -167,10 +232,14 @@ mod tests {
             broker_connected: true,
         };
         let mut spent = 0;
-        decide(&cmd(Source::App("app".into()), "ampio/from/x", b"1", None), &ctx, |_| {
-            spent += 1;
-            true
-        });
+        decide(
+            &cmd(Source::App("app".into()), "ampio/from/x", b"1", None),
+            &ctx,
+            |_| {
+                spent += 1;
+                true
+            },
+        );
         assert_eq!(spent, 0);
     }
 }

@@ -131,7 +131,10 @@ mod tests {
         s.start("c-1");
         assert_eq!(s.check("c-1", t0), Seen::Running);
         assert_eq!(s.finish("c-1", &Outcome::Ok, t0), 1);
-        assert_eq!(s.check("c-1", t0 + Duration::from_secs(599)), Seen::Done(Outcome::Ok));
+        assert_eq!(
+            s.check("c-1", t0 + Duration::from_secs(599)),
+            Seen::Done(Outcome::Ok)
+        );
         assert_eq!(s.check("c-1", t0 + Duration::from_secs(600)), Seen::New);
     }
 

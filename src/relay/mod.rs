@@ -167,7 +167,8 @@ struct Relay {
 
 /// Runs the relay until `token` is cancelled.
 pub async fn run(w: Wiring, token: CancellationToken) {
-    let limits = crate::limits::Limits::new(w.settings.commands_per_second, w.settings.command_burst);
+    let limits =
+        crate::limits::Limits::new(w.settings.commands_per_second, w.settings.command_burst);
     let mut r = Relay {
         buffer: Coalescer::new(w.settings.buffer_topics),
         w,
@@ -249,7 +250,9 @@ impl Relay {
     /// Puts a frame taken from the backlog back where it came from.
     fn unpop(&mut self, f: OutFrame) {
         match &f.meta {
-            Meta::State { audience, topic, .. } => {
+            Meta::State {
+                audience, topic, ..
+            } => {
                 let (a, t) = (audience.clone(), topic.clone());
                 self.buffer.put_if_absent(a, t, f);
             }
@@ -259,20 +262,21 @@ impl Relay {
 
     /// Sends a state frame now, or buffers it.
     fn emit_state(&mut self, f: OutFrame) {
-        if self.online && !self.has_backlog() {
-            match self.w.outbox.try_send(f) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) => {
-                    self.buffer_state(f)
-                }
-            }
-        } else {
+        if !self.online || self.has_backlog() {
+            return self.buffer_state(f);
+        }
+        if let Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) =
+            self.w.outbox.try_send(f)
+        {
             self.buffer_state(f);
         }
     }
 
     fn buffer_state(&mut self, f: OutFrame) {
-        if let Meta::State { audience, topic, .. } = &f.meta {
+        if let Meta::State {
+            audience, topic, ..
+        } = &f.meta
+        {
             let (a, t) = (audience.clone(), topic.clone());
             if self.buffer.put(a, t, f) {
                 Stats::add(&self.w.stats.buffer_dropped, 1);
@@ -291,7 +295,9 @@ impl Relay {
     fn report_drops(&mut self) {
         let dropped = self.buffer.dropped();
         if dropped > self.dropped_reported
-            && self.last_drop_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            && self
+                .last_drop_warn
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             tracing::warn!(
                 dropped = dropped - self.dropped_reported,
@@ -354,7 +360,8 @@ impl Relay {
         let links: Vec<Arc<str>> = routes.map(|l| l.id.clone()).collect();
         drop(snap);
         for link in links {
-            let text = protocol::encode_state(Some(&link), topic, PayloadRepr::Json(&payload), ts, false);
+            let text =
+                protocol::encode_state(Some(&link), topic, PayloadRepr::Json(&payload), ts, false);
             self.emit_state(OutFrame {
                 text,
                 meta: Meta::State {
@@ -501,17 +508,28 @@ impl Relay {
                 tracing::debug!(id = %cmd.id, reason = reason.as_str(), "command rejected");
                 self.finish_now(&cmd.id, Outcome::rejected(reason, message), true);
             }
-            checks::Decision::Publish => match self.w.mqtt.publish(&cmd.topic, cmd.payload, cmd.qos, false) {
-                Err(e) => self.finish_now(&cmd.id, Outcome::rejected(Reason::Unavailable, e.to_string()), true),
-                Ok(rx) => self.wait_for(cmd.id, true, async move {
-                    match tokio::time::timeout(PUBLISH_TIMEOUT, rx).await {
-                        Ok(Ok(Ok(()))) => Outcome::Ok,
-                        Ok(Ok(Err(e))) => Outcome::rejected(Reason::Unavailable, e.to_string()),
-                        Ok(Err(_)) => Outcome::rejected(Reason::Unavailable, "broker task stopped"),
-                        Err(_) => Outcome::rejected(Reason::Unavailable, "broker did not acknowledge in 10 s"),
-                    }
-                }),
-            },
+            checks::Decision::Publish => {
+                match self.w.mqtt.publish(&cmd.topic, cmd.payload, cmd.qos, false) {
+                    Err(e) => self.finish_now(
+                        &cmd.id,
+                        Outcome::rejected(Reason::Unavailable, e.to_string()),
+                        true,
+                    ),
+                    Ok(rx) => self.wait_for(cmd.id, true, async move {
+                        match tokio::time::timeout(PUBLISH_TIMEOUT, rx).await {
+                            Ok(Ok(Ok(()))) => Outcome::Ok,
+                            Ok(Ok(Err(e))) => Outcome::rejected(Reason::Unavailable, e.to_string()),
+                            Ok(Err(_)) => {
+                                Outcome::rejected(Reason::Unavailable, "broker task stopped")
+                            }
+                            Err(_) => Outcome::rejected(
+                                Reason::Unavailable,
+                                "broker did not acknowledge in 10 s",
+                            ),
+                        }
+                    }),
+                }
+            }
         }
     }
 
@@ -531,14 +549,18 @@ impl Relay {
     }
 
     fn on_link(&mut self, id: &str, link: protocol::LinkSpec) {
-        match self
-            .w
-            .registry
-            .upsert(&link.id, link.kind, link.expose.clone(), link.commands.clone())
-        {
+        match self.w.registry.upsert(
+            &link.id,
+            link.kind,
+            link.expose.clone(),
+            link.commands.clone(),
+        ) {
             Err(crate::links::LinksError::Revoked(_)) => self.finish_now(
                 id,
-                Outcome::rejected(Reason::Revoked, "link id was revoked; re-link with a new id"),
+                Outcome::rejected(
+                    Reason::Revoked,
+                    "link id was revoked; re-link with a new id",
+                ),
                 false,
             ),
             Err(e) => self.finish_now(id, Outcome::rejected(Reason::Invalid, e.to_string()), false),
@@ -567,7 +589,8 @@ impl Relay {
         let kind = self.w.registry.load().get(link_id).map(|l| l.kind);
         let newly = self.w.registry.revoke(link_id, origin, at);
         let removed = self.buffer.remove_audience(link_id);
-        self.control.retain(|f| f.link().is_none_or(|l| &**l != link_id));
+        self.control
+            .retain(|f| f.link().is_none_or(|l| &**l != link_id));
         if newly {
             tracing::info!(link = %link_id, origin = ?origin, dropped = removed, "link revoked");
         }

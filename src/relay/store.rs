@@ -52,8 +52,8 @@ pub fn spawn_store(
     (StoreHandle { tx }, run(state_dir, registry, rx, token))
 }
 
-async fn write(state_dir: &PathBuf, registry: &Arc<Registry>) -> Result<(), String> {
-    let dir = state_dir.clone();
+async fn write(state_dir: &std::path::Path, registry: &Arc<Registry>) -> Result<(), String> {
+    let dir = state_dir.to_path_buf();
     let file = registry.load().to_file();
     match tokio::task::spawn_blocking(move || links::save(&dir, &file)).await {
         Ok(Ok(())) => Ok(()),
