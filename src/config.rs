@@ -69,6 +69,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("gateway_id", Kind::Str),
     ("state_dir", Kind::Str),
     ("control_socket", Kind::OptStr),
+    ("log_level", Kind::Str),
     ("mqtt.host", Kind::Str),
     ("mqtt.port", Kind::Int(1, 65535)),
     ("mqtt.client_id", Kind::OptStr),
@@ -165,7 +166,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// A secret string; `Debug` and `Display` print `***`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -192,12 +193,15 @@ impl fmt::Display for Secret {
 }
 
 /// The validated configuration. See docs/config.md for every key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// 1 to 64 characters of `A-Za-z0-9._-`; sent in `hello`.
     pub gateway_id: String,
     /// Where links and audit files are persisted.
     pub state_dir: PathBuf,
+    /// Log filter (`info`, `debug`, `hearthlink=debug,info`); `RUST_LOG`
+    /// wins when set. Applied again on reload.
+    pub log_level: String,
     /// Local control socket; at most 107 bytes.
     pub control_socket: PathBuf,
     pub mqtt: MqttConfig,
@@ -209,7 +213,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
@@ -224,7 +228,7 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CloudConfig {
     /// `wss://`, or `ws://` only with `allow_insecure`.
     pub url: url::Url,
@@ -242,14 +246,14 @@ pub struct CloudConfig {
     pub buffer_topics: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     /// Valid topic filters; empty means the app may send no command.
     pub command_topics: Vec<String>,
     pub max_payload_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PrivacyConfig {
     pub mode: PrivacyMode,
     /// The configured keys, as written. They extend
@@ -268,14 +272,14 @@ pub enum PrivacyMode {
 }
 
 /// Per-source command rate limit (protocol 8.7).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// Positive and finite.
     pub commands_per_second: f64,
     pub command_burst: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     pub retention_days: u32,
     /// The audit file is rotated once it grows past this.
@@ -284,7 +288,7 @@ pub struct AuditConfig {
     pub max_files: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// `None`: no metrics endpoint.
     pub listen: Option<SocketAddr>,
@@ -297,6 +301,7 @@ pub struct MetricsConfig {
 struct RawConfig {
     gateway_id: Option<String>,
     state_dir: PathBuf,
+    log_level: String,
     control_socket: Option<PathBuf>,
     mqtt: RawMqtt,
     cloud: RawCloud,
@@ -379,6 +384,7 @@ impl Default for RawConfig {
         Self {
             gateway_id: None,
             state_dir: default_state_dir(),
+            log_level: "info".to_owned(),
             control_socket: None,
             mqtt: RawMqtt::default(),
             cloud: RawCloud::default(),
@@ -884,6 +890,12 @@ fn validate(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> 
         ));
     }
     warn_relative("state_dir", &raw.state_dir, w);
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
+        return Err(invalid(
+            "log_level",
+            format!("not a log filter ({e}); use e.g. \"info\" or \"hearthlink=debug,info\""),
+        ));
+    }
     let control_socket = control_socket(&raw.state_dir, raw.control_socket, w)?;
     let mqtt = mqtt(raw.mqtt, &gateway_id, w)?;
     let cloud = cloud(raw.cloud, w)?;
@@ -897,6 +909,7 @@ fn validate(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> 
     Ok(Config {
         gateway_id,
         state_dir: raw.state_dir,
+        log_level: raw.log_level,
         control_socket,
         mqtt,
         cloud,

@@ -2,7 +2,7 @@
 //!
 //! A Unix socket (`control_socket`, mode 0600) answering one JSON line per
 //! connection with one JSON line: `{"cmd":"links"}`, `{"cmd":"revoke",
-//! "link_id":"..."}`, `{"cmd":"status"}`. Every answer carries `"ok"`, and
+//! "link_id":"..."}`, `{"cmd":"status"}`, `{"cmd":"reload"}`. Every answer carries `"ok"`, and
 //! `"error"` when it is false. The command line uses [`request`]; when no
 //! daemon answers it falls back to the persisted state under the state-dir
 //! lock ([`revoke_offline`], [`link_rows`]).
@@ -55,6 +55,7 @@ pub struct Shared {
     pub started: Instant,
     pub gateway_id: String,
     pub relay: mpsc::Sender<ControlRequest>,
+    pub reload: mpsc::Sender<crate::reload::Reply>,
 }
 
 /// Binds the socket, replacing a stale one, with mode 0600.
@@ -121,6 +122,19 @@ async fn answer(req: &Value, shared: &Shared) -> Value {
     match req.get("cmd").and_then(Value::as_str) {
         Some("links") => json!({"ok": true, "links": link_rows(&shared.registry.load())}),
         Some("status") => json!({"ok": true, "status": status(shared)}),
+        Some("reload") => {
+            let (tx, rx) = oneshot::channel();
+            if shared.reload.send(tx).await.is_err() {
+                return json!({"ok": false, "error": "reload task stopped"});
+            }
+            match rx.await {
+                Ok(Ok(warnings)) => json!({"ok": true, "warnings": warnings}),
+                Ok(Err(e)) => {
+                    json!({"ok": false, "error": format!("reload refused, running configuration kept: {e}")})
+                }
+                Err(_) => json!({"ok": false, "error": "reload task stopped"}),
+            }
+        }
         Some("revoke") => {
             let Some(id) = req.get("link_id").and_then(Value::as_str) else {
                 return json!({"ok": false, "error": "revoke needs a string `link_id`"});

@@ -34,12 +34,15 @@ pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod durable;
+pub mod init;
 pub mod limits;
 pub mod links;
 pub mod mqtt;
+pub mod notify;
 pub mod privacy;
 pub mod protocol;
 pub mod relay;
+pub mod reload;
 pub mod stats;
 pub mod topic;
 
@@ -49,7 +52,7 @@ pub mod demo;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
@@ -72,8 +75,28 @@ pub enum Error {
     Control(#[from] control::ControlError),
 }
 
+/// How the daemon is embedded: what `run` may do beyond relaying.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Reads the configuration again on reload; `None` refuses reloads.
+    pub reload: Option<reload::Loader>,
+    /// Applies `log_level` (at start and on reload).
+    pub set_log_level: Option<reload::LogSetter>,
+    /// Listen for SIGHUP (the binary does; embedded tests use the socket).
+    pub sighup: bool,
+}
+
 /// Runs the daemon until `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> {
+    run_with(config, Options::default(), token).await
+}
+
+/// [`run`] with reload and logging hooks.
+pub async fn run_with(
+    config: Config,
+    opts: Options,
+    token: CancellationToken,
+) -> Result<(), Error> {
     let state_dir = config.state_dir.clone();
     create_state_dir(&state_dir)?;
     let _lock = links::StateLock::try_acquire(&state_dir)?;
@@ -81,6 +104,8 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
     let clock = Arc::new(clock::Clock::default());
     let stats = Arc::new(stats::Stats::default());
     let started = std::time::Instant::now();
+    let notifier = notify::Notifier::from_env();
+    notifier.status("configuration valid; connecting to the broker");
 
     // Tasks that others feed stop last, on their own token.
     let sinks = CancellationToken::new();
@@ -94,17 +119,24 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
     let (mqtt_tx, mqtt_rx) = mpsc::channel(1024);
     let (cloud_tx, cloud_rx) = mpsc::channel(256);
     let (control_tx, control_rx) = mpsc::channel(64);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let (out_tx, out_rx) = mpsc::channel(relay::OUTBOX_CAPACITY);
+    let (settings_tx, settings_rx) = watch::channel(relay_settings(&config));
+    let (cloud_cfg_tx, cloud_cfg_rx) = watch::channel(config.cloud.clone());
+    let (mqtt_cfg_tx, mqtt_cfg_rx) = watch::channel(config.mqtt.clone());
+    let progress = Arc::new(notify::Progress::default());
 
-    let status_topic = Some(mqtt::StatusTopic {
-        topic: format!("hearthlink/{}/status", config.gateway_id),
-    });
     let (mqtt, mqtt_task) = mqtt::spawn(
-        &config.mqtt,
-        status_topic,
-        clock.clone(),
-        stats.clone(),
-        mqtt_tx,
+        mqtt::Wiring {
+            cfg: mqtt_cfg_rx,
+            status: Some(mqtt::StatusTopic {
+                topic: format!("hearthlink/{}/status", config.gateway_id),
+            }),
+            clock: clock.clone(),
+            stats: stats.clone(),
+            notifier: notifier.clone(),
+            to_relay: mqtt_tx,
+        },
         token.clone(),
     );
     let listener = control::bind(&config.control_socket)?;
@@ -115,6 +147,8 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
         cloud::Wiring {
             gateway_id: config.gateway_id.clone(),
             cfg: config.cloud.clone(),
+            cfg_rx: cloud_cfg_rx,
+            notifier: notifier.clone(),
             registry: registry.clone(),
             clock: clock.clone(),
             stats: stats.clone(),
@@ -126,7 +160,8 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
     ));
     tasks.spawn(relay::run(
         relay::Wiring {
-            settings: relay_settings(&config),
+            settings: settings_rx,
+            progress: progress.clone(),
             registry: registry.clone(),
             clock: clock.clone(),
             stats: stats.clone(),
@@ -149,17 +184,48 @@ pub async fn run(config: Config, token: CancellationToken) -> Result<(), Error> 
             started,
             gateway_id: config.gateway_id.clone(),
             relay: control_tx,
+            reload: reload_tx,
         },
         token.clone(),
     ));
+    if let Some(interval) = notify::watchdog_interval() {
+        tasks.spawn(notify::watchdog(
+            notifier.clone(),
+            interval,
+            progress,
+            token.clone(),
+        ));
+    }
+    if let (Some(set), None) = (&opts.set_log_level, std::env::var_os("RUST_LOG")) {
+        if let Err(e) = set(&config.log_level) {
+            tracing::warn!(error = %e, "log_level not applied");
+        }
+    }
+    let control_socket = config.control_socket.clone();
     tracing::info!(gateway_id = %config.gateway_id, state_dir = %state_dir.display(), "hearthlink running");
+    tasks.spawn(reload::run(
+        reload::Reloader {
+            loader: opts.reload,
+            log: opts.set_log_level,
+            current: config,
+            targets: reload::Targets {
+                settings: settings_tx,
+                cloud: cloud_cfg_tx,
+                mqtt: mqtt_cfg_tx,
+            },
+        },
+        reload_rx,
+        opts.sighup,
+        token.clone(),
+    ));
 
     token.cancelled().await;
+    notifier.notify("STOPPING=1");
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
     join_until(&mut tasks, deadline).await;
     sinks.cancel();
     join_until(&mut sink_tasks, deadline + Duration::from_millis(500)).await;
-    let _ = std::fs::remove_file(&config.control_socket);
+    let _ = std::fs::remove_file(&control_socket);
     tracing::info!("hearthlink stopped");
     Ok(())
 }

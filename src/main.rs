@@ -45,6 +45,8 @@ struct ConfigArg {
 enum Command {
     /// Run the daemon.
     Run(ConfigArg),
+    /// Write a first configuration (and the token file) for this gateway.
+    Init(hearthlink::init::InitArgs),
     /// Validate a configuration file and exit (0 valid, 2 invalid).
     CheckConfig(ConfigArg),
     /// Assistant links.
@@ -57,6 +59,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Reload the running daemon's configuration (like SIGHUP), reporting the outcome.
+    Reload(ConfigArg),
     /// State of the running daemon (exit 0 connected, 1 degraded, 3 no daemon).
     Status {
         #[command(flatten)]
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
     };
     #[cfg(not(feature = "demo"))]
     let default_filter = "info";
-    init_logging(cli.log_format, default_filter);
+    let set_log_level = init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -124,20 +128,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    runtime.block_on(dispatch(cli.command, set_log_level))
 }
 
-fn init_logging(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Installs the subscriber; returns a setter that swaps the filter
+/// (`log_level` at start and on reload).
+fn init_logging(format: LogFormat, default_filter: &str) -> hearthlink::reload::LogSetter {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match format {
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    std::sync::Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 /// Loads the config or prints the error; `Err` carries the exit code.
@@ -156,14 +169,20 @@ fn load_config(path: &Path) -> Result<config::Config, ExitCode> {
     }
 }
 
-async fn dispatch(command: Command) -> ExitCode {
+async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter) -> ExitCode {
     let result = match command {
         Command::Run(c) => {
             let config = match load_config(&c.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            run_daemon(config).await
+            let path = c.config.clone();
+            let opts = hearthlink::Options {
+                reload: Some(std::sync::Arc::new(move || config::load(&path))),
+                set_log_level: Some(set_log_level),
+                sighup: true,
+            };
+            run_daemon(config, opts).await
         }
         Command::CheckConfig(c) => {
             return match config::load(&c.config) {
@@ -180,6 +199,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Init(args) => hearthlink::init::run(args).context("hearthlink init"),
         Command::Links { command } => links(command).await,
         Command::Audit {
             command: AuditCommand::Export { config, link },
@@ -190,6 +210,18 @@ async fn dispatch(command: Command) -> ExitCode {
             Err(code) => return code,
         },
         Command::Status { config, json } => return status(&config.config, json).await,
+        Command::Reload(c) => match load_config(&c.config) {
+            Ok(cfg) => control::request(&cfg.control_socket, &json!({"cmd": "reload"}))
+                .await
+                .map(|v| {
+                    for w in v["warnings"].as_array().into_iter().flatten() {
+                        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                    }
+                    println!("configuration reloaded");
+                })
+                .context("reload"),
+            Err(code) => return code,
+        },
         #[cfg(feature = "demo")]
         Command::Demo(args) => hearthlink::demo::run(args).await.context("demo"),
     };
@@ -202,10 +234,10 @@ async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
-async fn run_daemon(config: config::Config) -> anyhow::Result<()> {
+async fn run_daemon(config: config::Config, opts: hearthlink::Options) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     spawn_signal_handler(token.clone())?;
-    hearthlink::run(config, token)
+    hearthlink::run_with(config, opts, token)
         .await
         .context("hearthlink run")
 }

@@ -22,15 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-};
-use tokio::sync::{mpsc, oneshot};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{jitter, Backoff};
 use crate::clock::Clock;
 use crate::config::MqttConfig;
+use crate::notify::Notifier;
 use crate::stats::Stats;
 
 /// Capacity of rumqttc's request channel.
@@ -62,24 +61,46 @@ pub struct Incoming {
 
 type Waiter = oneshot::Sender<Result<(), MqttError>>;
 
-#[derive(Default)]
-struct Waiters {
+struct Inner {
+    /// The current client; replaced when the broker settings change.
+    client: AsyncClient,
     /// Requests handed to rumqttc, not yet written: (qos, waiter).
     queued: VecDeque<(QoS, Option<Waiter>)>,
     /// QoS 1 publishes written, awaiting PUBACK, by packet id.
     by_pkid: HashMap<u16, Waiter>,
+    /// The retained status value (`online`, `cloud-down`).
+    status: &'static str,
+}
+
+impl Inner {
+    /// Publishes without a caller waiting (status); keeps the FIFO aligned.
+    fn publish_untracked(&mut self, topic: &str, value: &'static str) {
+        if self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, value)
+            .is_ok()
+        {
+            self.queued.push_back((QoS::AtLeastOnce, None));
+        }
+    }
 }
 
 struct Shared {
     connected: AtomicBool,
-    waiters: Mutex<Waiters>,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Cloneable handle to the broker task.
 #[derive(Clone)]
 pub struct MqttHandle {
-    client: AsyncClient,
     shared: Arc<Shared>,
+    status_topic: Option<Arc<str>>,
 }
 
 impl MqttHandle {
@@ -98,19 +119,26 @@ impl MqttHandle {
     ) -> Result<oneshot::Receiver<Result<(), MqttError>>, MqttError> {
         let qos = to_qos(qos);
         let (tx, rx) = oneshot::channel();
-        let mut w = self
-            .shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.shared.lock();
         if !self.is_connected() {
             return Err(MqttError::Disconnected);
         }
-        self.client
+        inner
+            .client
             .try_publish(topic, qos, retain, payload)
             .map_err(|_| MqttError::Busy)?;
-        w.queued.push_back((qos, Some(tx)));
+        inner.queued.push_back((qos, Some(tx)));
         Ok(rx)
+    }
+
+    /// Sets the daemon's retained status (`online`, `cloud-down`): published
+    /// now when the broker is connected, and again after every reconnect.
+    pub fn set_status(&self, value: &'static str) {
+        let mut inner = self.shared.lock();
+        inner.status = value;
+        if let (Some(topic), true) = (&self.status_topic, self.is_connected()) {
+            inner.publish_untracked(topic, value);
+        }
     }
 }
 
@@ -122,7 +150,7 @@ fn to_qos(q: u8) -> QoS {
     }
 }
 
-/// What the daemon publishes about itself (issue: status topic).
+/// The retained topic where the daemon publishes its own state.
 #[derive(Debug, Clone)]
 pub struct StatusTopic {
     pub topic: String,
@@ -155,36 +183,46 @@ fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
     o
 }
 
+/// Everything the broker task is wired to.
+pub struct Wiring {
+    /// Broker settings; a change reconnects with the new ones.
+    pub cfg: watch::Receiver<MqttConfig>,
+    pub status: Option<StatusTopic>,
+    pub clock: Arc<Clock>,
+    pub stats: Arc<Stats>,
+    pub notifier: Notifier,
+    pub to_relay: mpsc::Sender<Incoming>,
+}
+
 /// Creates the handle and the task future. The future runs until `token`
 /// is cancelled, then disconnects from the broker.
 pub fn spawn(
-    cfg: &MqttConfig,
-    status: Option<StatusTopic>,
-    clock: Arc<Clock>,
-    stats: Arc<Stats>,
-    to_relay: mpsc::Sender<Incoming>,
+    mut w: Wiring,
     token: CancellationToken,
 ) -> (MqttHandle, impl std::future::Future<Output = ()>) {
-    let (client, eventloop) = AsyncClient::new(options(cfg, status.as_ref()), REQUEST_CAPACITY);
+    let cfg = w.cfg.borrow_and_update().clone();
+    let (client, eventloop) = AsyncClient::new(options(&cfg, w.status.as_ref()), REQUEST_CAPACITY);
     let shared = Arc::new(Shared {
         connected: AtomicBool::new(false),
-        waiters: Mutex::new(Waiters::default()),
+        inner: Mutex::new(Inner {
+            client: client.clone(),
+            queued: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            status: "cloud-down",
+        }),
     });
     let handle = MqttHandle {
-        client: client.clone(),
         shared: shared.clone(),
+        status_topic: w.status.as_ref().map(|s| Arc::from(s.topic.as_str())),
     };
     let task = Task {
         client,
         eventloop,
         shared,
-        subscribe: cfg.subscribe.clone(),
-        qos: to_qos(cfg.qos),
         addr: format!("{}:{}", cfg.host, cfg.port),
-        status,
-        clock,
-        stats,
-        to_relay,
+        cfg,
+        w,
+        ready_sent: false,
     };
     (handle, task.run(token))
 }
@@ -193,13 +231,10 @@ struct Task {
     client: AsyncClient,
     eventloop: EventLoop,
     shared: Arc<Shared>,
-    subscribe: Vec<String>,
-    qos: QoS,
+    cfg: MqttConfig,
     addr: String,
-    status: Option<StatusTopic>,
-    clock: Arc<Clock>,
-    stats: Arc<Stats>,
-    to_relay: mpsc::Sender<Incoming>,
+    w: Wiring,
+    ready_sent: bool,
 }
 
 impl Task {
@@ -209,6 +244,12 @@ impl Task {
         loop {
             let ev = tokio::select! {
                 _ = token.cancelled() => break,
+                Ok(()) = self.w.cfg.changed() => {
+                    if self.reconfigure() {
+                        up_since = None;
+                    }
+                    continue;
+                }
                 ev = self.eventloop.poll() => ev,
             };
             match ev {
@@ -220,37 +261,34 @@ impl Task {
                     let msg = Incoming {
                         topic: p.topic,
                         payload: p.payload,
-                        ts: self.clock.now_ms(),
+                        ts: self.w.clock.now_ms(),
                     };
                     tokio::select! {
                         _ = token.cancelled() => break,
-                        r = self.to_relay.send(msg) => if r.is_err() { break },
+                        r = self.w.to_relay.send(msg) => if r.is_err() { break },
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    let mut w = self.waiters();
-                    if let Some(tx) = w.by_pkid.remove(&ack.pkid) {
+                    if let Some(tx) = self.shared.lock().by_pkid.remove(&ack.pkid) {
                         let _ = tx.send(Ok(()));
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let mut w = self.waiters();
-                    if let Some((qos, tx)) = w.queued.pop_front() {
-                        match (qos, tx) {
-                            (QoS::AtMostOnce, Some(tx)) => {
-                                let _ = tx.send(Ok(()));
-                            }
-                            (_, Some(tx)) => {
-                                w.by_pkid.insert(pkid, tx);
-                            }
-                            (_, None) => {}
+                    let mut inner = self.shared.lock();
+                    match inner.queued.pop_front() {
+                        Some((QoS::AtMostOnce, Some(tx))) => {
+                            let _ = tx.send(Ok(()));
                         }
+                        Some((_, Some(tx))) => {
+                            inner.by_pkid.insert(pkid, tx);
+                        }
+                        _ => {}
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     let lived = up_since.take().map(|t| t.elapsed()).unwrap_or_default();
-                    self.on_disconnected(&e);
+                    self.on_disconnected(&e.to_string());
                     let delay = backoff
                         .next_delay(lived, jitter())
                         .max(Duration::from_millis(100));
@@ -264,74 +302,94 @@ impl Task {
         self.shutdown().await;
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// New broker settings: drop the connection and start over with them.
+    /// Returns false when nothing that matters changed.
+    fn reconfigure(&mut self) -> bool {
+        let cfg = self.w.cfg.borrow_and_update().clone();
+        if cfg == self.cfg {
+            return false;
+        }
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        tracing::info!(broker = %addr, "broker settings changed; reconnecting");
+        let _ = self.client.try_disconnect();
+        self.on_disconnected("broker settings changed");
+        let (client, eventloop) =
+            AsyncClient::new(options(&cfg, self.w.status.as_ref()), REQUEST_CAPACITY);
+        self.shared.lock().client = client.clone();
+        self.client = client;
+        self.eventloop = eventloop;
+        self.addr = addr;
+        self.cfg = cfg;
+        true
     }
 
     fn on_connected(&mut self) {
         tracing::info!(broker = %self.addr, "connected to broker");
+        let qos = to_qos(self.cfg.qos);
         let filters: Vec<_> = self
+            .cfg
             .subscribe
             .iter()
-            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), self.qos))
+            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos))
             .collect();
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::error!(error = %e, "subscribing to mqtt.subscribe failed");
         }
-        self.shared.connected.store(true, Ordering::Release);
-        self.stats.broker.up();
-        if let Some(s) = &self.status {
-            let mut w = self
-                .shared
-                .waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if self
-                .client
-                .try_publish(s.topic.clone(), QoS::AtLeastOnce, true, "online")
-                .is_ok()
-            {
-                w.queued.push_back((QoS::AtLeastOnce, None));
+        {
+            let mut inner = self.shared.lock();
+            self.shared.connected.store(true, Ordering::Release);
+            if let Some(s) = &self.w.status {
+                let value = inner.status;
+                inner.publish_untracked(&s.topic, value);
             }
         }
+        self.w.stats.broker.up();
+        if !self.ready_sent {
+            self.ready_sent = true;
+            self.w.notifier.notify("READY=1");
+        }
+        self.w.notifier.status(if self.w.stats.cloud.is_up() {
+            "relaying: broker and cloud connected"
+        } else {
+            "broker connected; waiting for the cloud"
+        });
     }
 
-    fn on_disconnected(&mut self, e: &ConnectionError) {
+    fn on_disconnected(&mut self, error: &str) {
         let was_up = self.shared.connected.load(Ordering::Acquire);
         {
-            let shared = self.shared.clone();
-            let mut w = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            shared.connected.store(false, Ordering::Release);
+            let mut inner = self.shared.lock();
+            self.shared.connected.store(false, Ordering::Release);
             // Move whatever is still in rumqttc's request channel into
             // `pending`, then drop it all: see the module doc.
             self.eventloop.clean();
             self.eventloop.pending.clear();
-            for (_, tx) in w.queued.drain(..) {
+            for (_, tx) in inner.queued.drain(..) {
                 if let Some(tx) = tx {
                     let _ = tx.send(Err(MqttError::Disconnected));
                 }
             }
-            for (_, tx) in w.by_pkid.drain() {
+            for (_, tx) in inner.by_pkid.drain() {
                 let _ = tx.send(Err(MqttError::Disconnected));
             }
         }
-        let why = format!("broker {}: {e}", self.addr);
+        let why = format!("broker {}: {error}", self.addr);
         if was_up {
             tracing::warn!(error = %why, "lost the broker connection; reconnecting");
         } else {
             tracing::debug!(error = %why, "broker connection attempt failed");
         }
-        self.stats.broker.down(why);
+        self.w
+            .notifier
+            .status(&format!("broker unreachable, retrying: {why}"));
+        self.w.stats.broker.down(why);
     }
 
     async fn shutdown(mut self) {
         if !self.shared.connected.load(Ordering::Acquire) {
             return;
         }
-        if let Some(s) = &self.status {
+        if let Some(s) = &self.w.status {
             let _ = self
                 .client
                 .try_publish(s.topic.clone(), QoS::AtLeastOnce, true, "offline");

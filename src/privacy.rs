@@ -491,6 +491,16 @@ mod tests {
     }
 
     #[test]
+    fn keys_without_letters_or_digits() {
+        let strict = Policy::new(Mode::Deny, &keys(&["-"]), &[]);
+        let input = json!({"": 1, "🙂": 2, "--": 3, "v": 4});
+        assert_eq!(strict.filter(&input), Some(json!({"v": 4})));
+        let allow = Policy::new(Mode::Allow, &[], &keys(&["🙂", "v"]));
+        assert_eq!(allow.allow_keys(), ["v".to_owned()]);
+        assert_eq!(allow.filter(&input), Some(json!({"v": 4})));
+    }
+
+    #[test]
     fn email_keys_are_removed_and_values_redacted_in_both_modes() {
         for policy in [
             Policy::default(),

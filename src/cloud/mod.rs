@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -92,6 +92,8 @@ pub enum CloudError {
     Ws(#[from] WsError),
     #[error("writing to the cloud timed out")]
     WriteTimeout,
+    #[error("cloud settings changed by a reload")]
+    Reconfigured,
 }
 
 impl CloudError {
@@ -110,7 +112,12 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 /// Everything the cloud task is wired to.
 pub struct Wiring {
     pub gateway_id: String,
+    /// The settings of the current connection (taken from `cfg_rx` at each
+    /// connect).
     pub cfg: CloudConfig,
+    /// Reloaded settings; a change drops the link and reconnects with them.
+    pub cfg_rx: watch::Receiver<CloudConfig>,
+    pub notifier: crate::notify::Notifier,
     pub registry: Arc<Registry>,
     pub clock: Arc<Clock>,
     pub stats: Arc<Stats>,
@@ -124,7 +131,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     let platform = tls::platform_roots();
     let mut backoff = Backoff::new(Duration::from_secs(w.cfg.max_backoff_s));
     loop {
-        let started = Instant::now();
+        w.cfg = w.cfg_rx.borrow_and_update().clone();
         let result = tokio::select! {
             _ = token.cancelled() => return,
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&w.cfg, &platform)) => match r {
@@ -143,9 +150,14 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
                     Err(e) => (e, lived),
                 }
             }
-            Err(e) => (e, started.elapsed().min(Duration::ZERO)),
+            Err(e) => (e, Duration::ZERO),
         };
-        let delay = if err.is_auth() {
+        w.notifier
+            .status(&format!("cloud link down, reconnecting: {err}"));
+        let delay = if matches!(err, CloudError::Reconfigured) {
+            tracing::info!("cloud settings changed; reconnecting with them");
+            Duration::ZERO
+        } else if err.is_auth() {
             tracing::error!(error = %err, "cloud refused the gateway's credentials");
             backoff.auth_delay(jitter())
         } else {
@@ -329,6 +341,14 @@ impl<'a> Session<'a> {
                 }
                 _ = tokio::time::sleep_until(dead_at) => Step::Stop(Err(CloudError::Dead(self.heartbeat * 2))),
                 _ = audit_tick.tick() => { self.flush_audit().await; Step::Continue }
+                Ok(()) = self.w.cfg_rx.changed() => {
+                    if *self.w.cfg_rx.borrow_and_update() == self.w.cfg {
+                        Step::Continue
+                    } else {
+                        let _ = self.close(CloseCode::Restart, "gateway settings changed").await;
+                        Step::Stop(Err(CloudError::Reconfigured))
+                    }
+                }
             };
             if let Step::Stop(r) = step {
                 if r.is_ok() {
@@ -415,6 +435,11 @@ impl<'a> Session<'a> {
             if self.up_since.is_none() {
                 self.up_since = Some(Instant::now());
                 self.w.stats.cloud.up();
+                self.w.notifier.status(if self.w.stats.broker.is_up() {
+                    "relaying: broker and cloud connected"
+                } else {
+                    "cloud connected; broker unreachable"
+                });
                 tracing::info!(url = %self.w.cfg.url, offset_ms = self.w.clock.offset_ms(), "cloud session up");
                 self.tell_relay(CloudEvent::Up).await?;
                 self.told_relay_up = true;

@@ -359,6 +359,8 @@ async fn walkthrough(
         summary["frames_sent"], summary["revoked"]
     ));
     if let Some(topics) = summary["topics"].as_object() {
+        let mut topics: Vec<_> = topics.iter().collect();
+        topics.sort_by_key(|(topic, _)| *topic);
         for (topic, t) in topics {
             line(&format!(
                 "  {:<34} keys {}",

@@ -45,6 +45,18 @@ impl<T> Coalescer<T> {
         }
     }
 
+    /// Changes the capacity; entries past a smaller one are dropped, least
+    /// recently updated first, and counted.
+    pub fn set_capacity(&mut self, cap: usize) {
+        self.cap = cap.max(1);
+        while self.by_key.len() > self.cap {
+            if let Some((_, key)) = self.order.pop_first() {
+                self.by_key.remove(&key);
+                self.dropped += 1;
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

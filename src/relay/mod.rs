@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditHandle, Record};
@@ -130,7 +130,10 @@ pub struct Settings {
 
 /// Everything the relay task is wired to.
 pub struct Wiring {
-    pub settings: Settings,
+    /// Per-message settings; a reload sends new ones, seen by the next message.
+    pub settings: watch::Receiver<Settings>,
+    /// Bumped on every loop iteration (the systemd watchdog watches it).
+    pub progress: Arc<crate::notify::Progress>,
     pub registry: Arc<Registry>,
     pub clock: Arc<Clock>,
     pub stats: Arc<Stats>,
@@ -154,6 +157,7 @@ struct Completion {
 
 struct Relay {
     w: Wiring,
+    settings: Settings,
     online: bool,
     control: VecDeque<OutFrame>,
     buffer: Coalescer<OutFrame>,
@@ -166,11 +170,12 @@ struct Relay {
 }
 
 /// Runs the relay until `token` is cancelled.
-pub async fn run(w: Wiring, token: CancellationToken) {
-    let limits =
-        crate::limits::Limits::new(w.settings.commands_per_second, w.settings.command_burst);
+pub async fn run(mut w: Wiring, token: CancellationToken) {
+    let settings = w.settings.borrow_and_update().clone();
+    let limits = crate::limits::Limits::new(settings.commands_per_second, settings.command_burst);
     let mut r = Relay {
-        buffer: Coalescer::new(w.settings.buffer_topics),
+        buffer: Coalescer::new(settings.buffer_topics),
+        settings,
         w,
         online: false,
         control: VecDeque::new(),
@@ -182,7 +187,12 @@ pub async fn run(w: Wiring, token: CancellationToken) {
         dropped_reported: 0,
     };
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
+        r.w.progress.bump();
+        if r.w.settings.has_changed().unwrap_or(false) {
+            r.apply_settings();
+        }
         let backlog = r.online && r.has_backlog();
         let ev = tokio::select! {
             _ = token.cancelled() => break,
@@ -192,6 +202,7 @@ pub async fn run(w: Wiring, token: CancellationToken) {
             Some(msg) = r.w.from_mqtt.recv() => Event::State(msg),
             Ok(permit) = r.w.outbox.clone().reserve_owned(), if backlog => Event::Room(permit),
             _ = housekeeping.tick() => Event::Housekeeping,
+            _ = alive.tick() => continue,
         };
         match ev {
             Event::Cloud(ev) => r.on_cloud(ev),
@@ -219,6 +230,22 @@ enum Event {
 }
 
 impl Relay {
+    /// Takes reloaded settings; they apply from the next message on.
+    fn apply_settings(&mut self) {
+        let new = self.w.settings.borrow_and_update().clone();
+        if (new.commands_per_second, new.command_burst)
+            != (
+                self.settings.commands_per_second,
+                self.settings.command_burst,
+            )
+        {
+            self.limits = crate::limits::Limits::new(new.commands_per_second, new.command_burst);
+        }
+        self.buffer.set_capacity(new.buffer_topics);
+        self.settings = new;
+        tracing::info!("relay settings reloaded");
+    }
+
     fn has_backlog(&self) -> bool {
         !self.control.is_empty() || !self.buffer.is_empty()
     }
@@ -301,7 +328,7 @@ impl Relay {
         {
             tracing::warn!(
                 dropped = dropped - self.dropped_reported,
-                capacity = self.w.settings.buffer_topics,
+                capacity = self.settings.buffer_topics,
                 "offline buffer full: dropped the least recently updated topics"
             );
             self.dropped_reported = dropped;
@@ -352,7 +379,7 @@ impl Relay {
             PayloadRepr::Text(text) => serde_json::Value::String(text.to_owned()),
             PayloadRepr::Binary(_) => return, // never sent to links
         };
-        let Some(filtered) = self.w.settings.policy.filter(&value) else {
+        let Some(filtered) = self.settings.policy.filter(&value) else {
             return; // fail closed (too deep)
         };
         let keys: Arc<[String]> = Arc::from(crate::audit::key_paths(&filtered));
@@ -380,6 +407,7 @@ impl Relay {
         match ev {
             CloudEvent::Up => {
                 self.online = true;
+                self.w.mqtt.set_status("online");
                 // Revocations the cloud has not been told go first.
                 let snap = self.w.registry.snapshot();
                 let mut untold: Vec<_> = snap.revoked().filter(|r| !r.cloud_told).collect();
@@ -393,6 +421,7 @@ impl Relay {
             }
             CloudEvent::Down { unsent } => {
                 self.online = false;
+                self.w.mqtt.set_status("cloud-down");
                 let snap = self.w.registry.load();
                 for f in unsent.into_iter().rev() {
                     match &f.meta {
@@ -494,10 +523,10 @@ impl Relay {
     fn on_command(&mut self, cmd: Command) {
         let snap = self.w.registry.load();
         let ctx = checks::Context {
-            max_payload_bytes: self.w.settings.max_payload_bytes,
+            max_payload_bytes: self.settings.max_payload_bytes,
             now_ms: self.w.clock.now_ms(),
             links: &snap,
-            command_topics: &self.w.settings.command_topics,
+            command_topics: &self.settings.command_topics,
             broker_connected: self.w.mqtt.is_connected(),
         };
         let limits = &self.limits;
