@@ -37,6 +37,7 @@ pub mod durable;
 pub mod init;
 pub mod limits;
 pub mod links;
+pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod privacy;
@@ -73,6 +74,8 @@ pub enum Error {
     Links(#[from] links::LinksError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// How the daemon is embedded: what `run` may do beyond relaying.
@@ -140,6 +143,10 @@ pub async fn run_with(
         token.clone(),
     );
     let listener = control::bind(&config.control_socket)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let mut tasks = JoinSet::new();
     tasks.spawn(mqtt_task);
@@ -175,6 +182,14 @@ pub async fn run_with(
         },
         token.clone(),
     ));
+    if let Some(l) = metrics_listener {
+        tasks.spawn(metrics::serve(
+            l,
+            stats.clone(),
+            registry.clone(),
+            token.clone(),
+        ));
+    }
     tasks.spawn(control::serve(
         listener,
         control::Shared {

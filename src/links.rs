@@ -98,6 +98,11 @@ impl Snapshot {
         self.by_id.get(id)
     }
 
+    /// The tombstone of `id`, when revoked.
+    pub fn revoked_entry(&self, id: &str) -> Option<&Revoked> {
+        self.revoked.get(id)
+    }
+
     pub fn is_revoked(&self, id: &str) -> bool {
         self.revoked.contains_key(id)
     }

@@ -615,8 +615,15 @@ impl Relay {
     /// Revokes `link_id` everywhere the relay holds frames for it.
     fn revoke(&mut self, link_id: &str, origin: Origin) {
         let at = self.w.clock.now_ms();
-        let kind = self.w.registry.load().get(link_id).map(|l| l.kind);
         let newly = self.w.registry.revoke(link_id, origin, at);
+        // Revoked already by the cloud reader or the control socket: the
+        // tombstone kept the kind the link had.
+        let kind = self
+            .w
+            .registry
+            .load()
+            .revoked_entry(link_id)
+            .and_then(|t| t.kind);
         let removed = self.buffer.remove_audience(link_id);
         self.control
             .retain(|f| f.link().is_none_or(|l| &**l != link_id));
