@@ -10,4 +10,4 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto
   fi
 fi
-cargo test --all-targets "$@"
+cargo test "$@"
