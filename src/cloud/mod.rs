@@ -36,7 +36,7 @@ use crate::audit::{AuditHandle, Tally};
 use crate::backoff::{jitter, Backoff};
 use crate::clock::{local_ms, Clock};
 use crate::config::CloudConfig;
-use crate::links::{Origin, Registry};
+use crate::links::{Kind, Origin, Registry};
 use crate::protocol::{self, FrameError, Inbound, Reason};
 use crate::relay::{CloudEvent, Meta, OutFrame};
 use crate::stats::Stats;
@@ -271,6 +271,8 @@ struct Session<'a> {
     errors_window: (Instant, u32),
     tally: Tally,
     told_relay_up: bool,
+    /// Frames taken from the outbox but not written when the link failed.
+    carry: Vec<OutFrame>,
 }
 
 enum Step {
@@ -290,6 +292,7 @@ impl<'a> Session<'a> {
             errors_window: (Instant::now(), 0),
             tally: Tally::default(),
             told_relay_up: false,
+            carry: Vec::new(),
         }
     }
 
@@ -471,65 +474,60 @@ impl<'a> Session<'a> {
 
     /// Writes `first` and whatever else is queued, then flushes once.
     async fn write_batch(&mut self, first: OutFrame) -> Step {
-        let mut written = Vec::new();
+        let deadline = self.heartbeat * 2;
+        let mut written: Vec<(Meta, Option<Kind>)> = Vec::new();
         let mut next = Some(first);
         let mut n = 0;
         let mut result: Result<(), CloudError> = Ok(());
-        while let Some(f) = next.take() {
-            if self.allowed(&f) {
-                let len = f.text.len() as u64;
-                let r = tokio::time::timeout(
-                    self.heartbeat * 2,
-                    self.ws.feed(Message::Text(f.text.clone())),
-                )
-                .await;
-                match r {
-                    Ok(Ok(())) => {
-                        Stats::add(&self.w.stats.bytes_up, len);
-                        written.push(f);
-                    }
-                    Ok(Err(e)) => {
-                        result = Err(e.into());
-                        break;
-                    }
-                    Err(_) => {
-                        result = Err(CloudError::WriteTimeout);
-                        break;
-                    }
-                }
-            }
+        while let Some(OutFrame { text, meta }) = next.take() {
             n += 1;
             if n < WRITE_BATCH {
                 next = self.w.outbox.try_recv().ok();
             }
+            // The revocation check, made just before the write.
+            let kind = match &meta {
+                Meta::State {
+                    audience: Some(link),
+                    ..
+                } => match self.w.registry.load().get(link) {
+                    Some(l) => Some(l.kind),
+                    None => continue,
+                },
+                _ => None,
+            };
+            let len = text.len() as u64;
+            match tokio::time::timeout(deadline, self.ws.feed(Message::Text(text))).await {
+                Ok(Ok(())) => {
+                    Stats::add(&self.w.stats.bytes_up, len);
+                    written.push((meta, kind));
+                }
+                Ok(Err(e)) => result = Err(e.into()),
+                Err(_) => result = Err(CloudError::WriteTimeout),
+            }
+            if result.is_err() {
+                // Not written: handed back to the relay with the rest.
+                self.carry.extend(next.take());
+                break;
+            }
         }
         if result.is_ok() {
-            result = match tokio::time::timeout(self.heartbeat * 2, self.ws.flush()).await {
+            result = match tokio::time::timeout(deadline, self.ws.flush()).await {
                 Ok(r) => r.map_err(CloudError::from),
                 Err(_) => Err(CloudError::WriteTimeout),
             };
         }
-        if result.is_ok() {
-            for f in &written {
-                self.on_written(f).await;
-            }
+        if let Err(e) = result {
+            return Step::Stop(Err(e));
         }
-        match result {
-            Ok(()) => Step::Continue,
-            Err(e) => Step::Stop(Err(e)),
+        for (meta, kind) in written {
+            self.on_written(meta, kind).await;
         }
+        Step::Continue
     }
 
-    /// The revocation check made just before a frame is written.
-    fn allowed(&self, f: &OutFrame) -> bool {
-        match f.link() {
-            Some(link) => self.w.registry.load().is_active(link),
-            None => true,
-        }
-    }
-
-    async fn on_written(&mut self, f: &OutFrame) {
-        match &f.meta {
+    /// Counts a written frame; a link frame is a disclosure for the audit.
+    async fn on_written(&mut self, meta: Meta, kind: Option<Kind>) {
+        match meta {
             Meta::State { audience: None, .. } => Stats::add(&self.w.stats.frames_up, 1),
             Meta::State {
                 audience: Some(link),
@@ -538,13 +536,12 @@ impl<'a> Session<'a> {
                 keys,
             } => {
                 Stats::add(&self.w.stats.link_frames_up, 1);
-                let kind = self.w.registry.load().get(link).map(|l| l.kind);
                 if let (Some(kind), Some(keys)) = (kind, keys) {
-                    self.tally.add(link, kind, topic, keys, *ts);
+                    self.tally.add(&link, kind, &topic, &keys, ts);
                 }
             }
             Meta::Revoked(link) => {
-                let _ = self.tell_relay(CloudEvent::Told(link.clone())).await;
+                let _ = self.tell_relay(CloudEvent::Told(link)).await;
             }
             Meta::Control => {}
         }
@@ -559,7 +556,7 @@ impl<'a> Session<'a> {
     /// After the session: audit what was sent, hand unsent frames back.
     async fn finish(mut self) {
         self.flush_audit().await;
-        let mut unsent = Vec::new();
+        let mut unsent = std::mem::take(&mut self.carry);
         while let Ok(f) = self.w.outbox.try_recv() {
             unsent.push(f);
         }
