@@ -327,8 +327,15 @@ impl<'a> Session<'a> {
         let welcome_by = tokio::time::Instant::now() + WELCOME_TIMEOUT;
         let mut ping = tokio::time::interval(self.heartbeat);
         ping.reset();
+        let mut ping_every = self.heartbeat;
         let mut audit_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            if ping_every != self.heartbeat {
+                // `welcome` set another heartbeat.
+                ping_every = self.heartbeat;
+                ping = tokio::time::interval(ping_every);
+                ping.reset();
+            }
             let dead_at = tokio::time::Instant::from_std(self.last_rx + self.heartbeat * 2);
             let step = tokio::select! {
                 _ = token.cancelled() => Step::Stop(Ok(())),
