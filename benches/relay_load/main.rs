@@ -1,0 +1,324 @@
+//! End-to-end load bench: hearthlink against a Mosquitto TLS bridge and a
+//! plain broker, under identical open-loop load.
+//!
+//! `cargo bench --bench relay_load -- [--quick] [--rate N[,N..]]
+//! [--duration S] [--warmup S] [--paths a,b] [--saturate] [--links N]
+//! [--payload BYTES] [--revokes N] [--bin PATH]`
+//!
+//! Paths (`--paths`, default all): `direct` (publisher -> mosquitto ->
+//! subscriber), `bridge-q0` / `bridge-q1` (`bridge` = both: mosquitto A ->
+//! TLS bridge -> mosquitto B), `hearthlink-up` (mosquitto -> hearthlink ->
+//! TLS websocket sink), `hearthlink-down` (sink `command` -> hearthlink ->
+//! mosquitto -> subscriber), `hearthlink-links` (up with N links exposing
+//! the topic), plus `revoke` (revoke-to-ack under a flood with N links).
+//!
+//! Everything runs on free loopback ports and is stopped afterwards. The
+//! daemon is the release binary cargo built for this bench
+//! (`CARGO_BIN_EXE_hearthlink`, the `bench` profile inherits `release`),
+//! unless `--bin` names another. Results: a table on stdout and
+//! `target/bench/relay_load.json`. Figures are shown, never asserted.
+//!
+//! # Layout
+//! - [`procs`]: child processes, their configs, `/proc` readings.
+//! - [`certs`]: the generated CA and server certificate.
+//! - [`load`]: schedule (timerfd ticks), payloads, MQTT clients.
+//! - [`sink`]: the TLS websocket cloud end.
+//! - [`record`]: what the receiving end saw.
+//! - [`rig`]: one path set up, one step measured.
+//! - [`scenarios`]: the revocation test and saturation search.
+//! - [`report`]: tables, ratios, budgets, JSON.
+
+mod certs;
+mod load;
+mod procs;
+mod record;
+mod report;
+mod rig;
+mod scenarios;
+mod sink;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rig::{PathKind, Rig, RigOpts};
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+struct Args {
+    quick: bool,
+    rates: Vec<f64>,
+    duration: Duration,
+    warmup: Duration,
+    paths: Vec<PathKind>,
+    revoke: bool,
+    saturate: bool,
+    links: usize,
+    payload: usize,
+    revokes: usize,
+    bin: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
+[--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-down,hearthlink-links,revoke] \
+[--saturate] [--links N] [--payload BYTES] [--revokes N] [--bin PATH]";
+
+fn parse_args() -> Result<Args, String> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let quick = raw.iter().any(|a| a == "--quick");
+    let mut a = Args {
+        quick,
+        rates: if quick {
+            vec![500.0]
+        } else {
+            vec![1000.0, 5000.0]
+        },
+        duration: Duration::from_secs_f64(if quick { 1.0 } else { 10.0 }),
+        warmup: Duration::from_secs_f64(if quick { 0.5 } else { 2.0 }),
+        paths: PathKind::ALL.to_vec(),
+        revoke: true,
+        saturate: false,
+        links: 100,
+        payload: 200,
+        revokes: if quick { 3 } else { 10 },
+        bin: None,
+    };
+    let mut it = raw.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        let num = |v: String| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
+        match flag.as_str() {
+            "--quick" | "--bench" => {} // cargo passes --bench to harness = false targets
+            "--saturate" => a.saturate = true,
+            "--rate" => {
+                a.rates = value()?
+                    .split(',')
+                    .map(|v| num(v.to_owned()))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--duration" => a.duration = Duration::from_secs_f64(num(value()?)?),
+            "--warmup" => a.warmup = Duration::from_secs_f64(num(value()?)?),
+            "--links" => a.links = num(value()?)? as usize,
+            "--payload" => a.payload = num(value()?)? as usize,
+            "--revokes" => a.revokes = num(value()?)? as usize,
+            "--bin" => a.bin = Some(PathBuf::from(value()?)),
+            "--paths" => {
+                let list = value()?;
+                a.paths.clear();
+                a.revoke = false;
+                for name in list.split(',') {
+                    match name {
+                        "revoke" => a.revoke = true,
+                        "bridge" => a
+                            .paths
+                            .extend([PathKind::Bridge { qos: 0 }, PathKind::Bridge { qos: 1 }]),
+                        _ => a.paths.push(
+                            PathKind::ALL
+                                .into_iter()
+                                .find(|k| k.name() == name)
+                                .ok_or_else(|| format!("unknown path {name:?}\n{USAGE}"))?,
+                        ),
+                    }
+                }
+            }
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if a.rates.iter().any(|r| *r <= 0.0) || a.duration.is_zero() {
+        return Err("--rate and --duration must be positive".into());
+    }
+    if a.links > 127 {
+        return Err("--links: at most 127 (the fan-out counter is 7 bits)".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let code = match runtime.block_on(run(&args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("relay_load: {e}");
+            1
+        }
+    };
+    println!(
+        "relay_load: wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let bin = args
+        .bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hearthlink")));
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found (build it with cargo build --release)",
+            bin.display()
+        ));
+    }
+    if !std::path::Path::new(procs::MOSQUITTO).exists() {
+        return Err(format!(
+            "{} not found: apt-get install mosquitto",
+            procs::MOSQUITTO
+        ));
+    }
+    let opts = RigOpts {
+        bin: bin.clone(),
+        payload: args.payload,
+        links: args.links,
+        clk_tck: procs::clk_tck(),
+    };
+    let bin_bytes = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "relay_load: {} | rates {:?}/s | {:.1} s measured after {:.1} s warm-up | payload {} B | links {} | binary {} ({:.2} MB)",
+        if args.quick { "quick" } else { "full" },
+        args.rates,
+        args.duration.as_secs_f64(),
+        args.warmup.as_secs_f64(),
+        args.payload,
+        args.links,
+        bin.display(),
+        bin_bytes as f64 / 1e6
+    );
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    print!("{}", report::header());
+    for &rate in &args.rates {
+        for &kind in &args.paths {
+            match measure_one(kind, &opts, rate, args).await {
+                Ok(r) => {
+                    print!("{}", report::rows(std::slice::from_ref(&r)));
+                    results.push(r);
+                }
+                Err(e) => {
+                    eprintln!("relay_load: {} at {rate}/s failed: {e}", kind.name());
+                    failures.push(format!("{} at {rate}/s: {e}", kind.name()));
+                }
+            }
+        }
+    }
+    let revoke = if args.revoke {
+        let rate = if args.quick { 500.0 } else { 5000.0 };
+        match scenarios::revoke(
+            &opts,
+            rate,
+            args.warmup,
+            args.duration.max(Duration::from_secs(1)),
+            args.revokes,
+        )
+        .await
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                failures.push(format!("revoke: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let saturation = if args.saturate {
+        scenarios::saturate_all(&args.paths, &opts).await
+    } else {
+        Vec::new()
+    };
+    println!("\n{}", report::table(&results));
+    println!("{}", report::ratios(&results));
+    if let Some(r) = &revoke {
+        println!("{}", scenarios::describe_revoke(r));
+    }
+    for s in &saturation {
+        println!(
+            "saturation {:<17} highest clean {:>7}/s (first failing: {})",
+            s.path,
+            s.highest_clean_rate,
+            s.first_failing_rate
+                .map_or("none reached".into(), |r| format!("{r}/s"))
+        );
+    }
+    let verdicts = report::budgets(&results, revoke.as_ref(), &saturation);
+    for v in &verdicts {
+        println!("{v}");
+    }
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
+    write_json(
+        args,
+        &bin,
+        bin_bytes,
+        &results,
+        revoke.as_ref(),
+        &saturation,
+        &verdicts,
+        &failures,
+    )
+}
+
+async fn measure_one(
+    kind: PathKind,
+    opts: &RigOpts,
+    rate: f64,
+    args: &Args,
+) -> Result<report::StepResult, String> {
+    let mut rig = Rig::start(kind, opts).await?;
+    rig.step(rate, args.warmup, args.duration).await
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_json(
+    args: &Args,
+    bin: &std::path::Path,
+    bin_bytes: u64,
+    results: &[report::StepResult],
+    revoke: Option<&report::RevokeResult>,
+    saturation: &[report::Saturation],
+    verdicts: &[String],
+    failures: &[String],
+) -> Result<(), String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join("relay_load.json");
+    let doc = serde_json::json!({
+        "mode": if args.quick { "quick" } else { "full" },
+        "machine": { "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "binary": { "path": bin.display().to_string(), "bytes": bin_bytes },
+        "warmup_s": args.warmup.as_secs_f64(),
+        "results": results,
+        "revoke": revoke,
+        "saturation": saturation,
+        "budgets": verdicts,
+        "failures": failures,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    println!("relay_load: wrote {}", path.display());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} part(s) failed", failures.len()))
+    }
+}

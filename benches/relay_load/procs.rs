@@ -1,0 +1,256 @@
+//! Child processes of the load bench (private mosquitto brokers and the
+//! release `hearthlink` binary) and what `/proc` says about them.
+//!
+//! Every child is started by the bench on a free loopback port, with its
+//! config in a tempdir, and killed (by its own pid, through `Child::kill`)
+//! when its [`Proc`] is dropped. Port 1883 is never used: a shared broker
+//! runs there.
+
+use std::fs;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where mosquitto lives on Debian/Ubuntu.
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> io::Result<Proc> {
+        let out = fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the tail of the child's log when it has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} exited ({status}); log tail:\n{}",
+                self.name,
+                self.log_tail(20)
+            )),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn hwm_kb(&self) -> u64 {
+        status_kb(self.pid(), "VmHWM:").unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound, then released). Never 1883.
+pub fn free_port() -> io::Result<u16> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port != 1883 {
+            return Ok(port);
+        }
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_port(proc: &mut Proc, port: u16, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        proc.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not listen on {port} in {within:?}",
+                proc.name
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts mosquitto with `conf` (written to `dir/<name>.conf`) and waits
+/// for it to listen on `port`.
+pub fn mosquitto(dir: &Path, name: &str, port: u16, conf: &str) -> Result<Proc, String> {
+    let path = dir.join(format!("{name}.conf"));
+    fs::write(&path, conf).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut p = Proc::spawn(
+        name,
+        Command::new(MOSQUITTO).arg("-c").arg(&path),
+        dir.join(format!("{name}.log")),
+    )
+    .map_err(|e| format!("starting {MOSQUITTO}: {e}"))?;
+    wait_port(&mut p, port, Duration::from_secs(10))?;
+    Ok(p)
+}
+
+/// Plain listener, anonymous clients, nothing persisted.
+pub fn plain_broker_conf(port: u16) -> String {
+    format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+         max_queued_messages 100000\n"
+    )
+}
+
+/// Broker B of the bridge path: a plain listener on `plain` for the
+/// local subscriber and a TLS listener on `tls` for the bridge.
+pub fn tls_broker_conf(plain: u16, tls: u16, cert: &Path, key: &Path) -> String {
+    format!(
+        "{}listener {tls} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+        plain_broker_conf(plain),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Broker A of the bridge path: a plain listener and a TLS bridge to B
+/// carrying `bench/#` out at `qos`, verifying B against `ca`.
+pub fn bridging_broker_conf(port: u16, remote: u16, ca: &Path, qos: u8) -> String {
+    format!(
+        "{}connection bench-bridge\naddress 127.0.0.1:{remote}\ntopic bench/# out {qos}\n\
+         bridge_cafile {}\nbridge_insecure false\nbridge_protocol_version mqttv311\n\
+         cleansession true\nremote_clientid bench-bridge-a\nnotifications false\n\
+         start_type automatic\nrestart_timeout 1\nmax_inflight_messages 1000\n",
+        plain_broker_conf(port),
+        ca.display()
+    )
+}
+
+/// What the hearthlink config needs to know.
+pub struct HearthlinkSetup<'a> {
+    pub dir: &'a Path,
+    pub mqtt_port: u16,
+    pub cloud_port: u16,
+    pub ca_file: &'a Path,
+    pub token: &'a str,
+}
+
+/// Writes config + token and starts `bin run --config FILE`.
+pub fn hearthlink(bin: &Path, s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
+    let token_file = s.dir.join("token");
+    write_private(&token_file, s.token)?;
+    let state = s.dir.join("state");
+    let config = format!(
+        r#"gateway_id = "bench"
+state_dir = "{state}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt}
+subscribe = ["bench/#"]
+
+[cloud]
+url = "wss://localhost:{cloud}/v1/gateway"
+token_file = "{token}"
+ca_file = "{ca}"
+
+[relay]
+command_topics = ["ampio/to/#"]
+
+[limits]
+# The bench sends up to tens of thousands of commands per second from one
+# source; the default (10/s) would reject almost all of them.
+commands_per_second = 10000000
+command_burst = 10000000
+"#,
+        state = state.display(),
+        mqtt = s.mqtt_port,
+        cloud = s.cloud_port,
+        token = token_file.display(),
+        ca = s.ca_file.display(),
+    );
+    let path = s.dir.join("hearthlink.toml");
+    fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Proc::spawn(
+        "hearthlink",
+        Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info"),
+        s.dir.join("hearthlink.log"),
+    )
+    .map_err(|e| format!("starting {}: {e}", bin.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// utime + stime of `pid` (all threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`).
+pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
+pub fn clk_tck() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}

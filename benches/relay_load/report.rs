@@ -1,0 +1,362 @@
+//! Results of the load bench: per-step figures, the printed tables, the
+//! budget verdicts and `target/bench/relay_load.json`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::record::Percentiles;
+
+/// One process over one measured step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcStat {
+    pub name: String,
+    /// CPU seconds (utime + stime) per 10 000 measured messages.
+    pub cpu_s_per_10k: f64,
+    /// Average share of one core over the window, percent.
+    pub cpu_pct: f64,
+    /// Peak resident set (VmHWM) at the end of the step, kB.
+    pub hwm_kb: u64,
+}
+
+/// One path at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub path: String,
+    pub rate: f64,
+    pub measured_s: f64,
+    pub payload_bytes: usize,
+    pub links: usize,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub latency_us: Percentiles,
+    pub achieved_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_latency_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks_rejected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_latency_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_frames: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_frames_expected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy_leaks: Option<u64>,
+    pub procs: Vec<ProcStat>,
+    /// `error` frames the daemon sent the sink (hearthlink paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_frames: Option<u64>,
+    /// The bench process itself (publisher, subscriber, sink).
+    pub bench_cpu_pct: f64,
+    /// hearthlink's VmHWM before any load, kB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hearthlink_idle_hwm_kb: Option<u64>,
+}
+
+impl StepResult {
+    /// No loss, every fan-out frame and ack there, p99 at most 100 ms.
+    pub fn clean(&self) -> bool {
+        let links_ok = match (self.link_frames, self.link_frames_expected) {
+            (Some(got), Some(want)) => got >= want,
+            _ => true,
+        };
+        let acks_ok = self.acks_rejected.unwrap_or(0) == 0
+            && self
+                .ack_latency_us
+                .is_none_or(|a| a.count >= self.sent && a.p99 <= 100_000);
+        self.sent > 0 && self.lost == 0 && links_ok && acks_ok && self.latency_us.p99 <= 100_000
+    }
+
+    pub fn proc(&self, name: &str) -> Option<&ProcStat> {
+        self.procs.iter().find(|p| p.name == name)
+    }
+
+    /// CPU seconds per 10k of the named processes together.
+    pub fn cpu_of(&self, names: &[&str]) -> f64 {
+        names
+            .iter()
+            .filter_map(|n| self.proc(n))
+            .map(|p| p.cpu_s_per_10k)
+            .sum()
+    }
+}
+
+/// Revocation under load.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokeResult {
+    pub rate: f64,
+    pub links: usize,
+    pub revokes: usize,
+    pub ack_latency_us: Percentiles,
+    /// Link frames for a revoked link read after its `ok` ack (must be 0).
+    pub frames_after_ack: u64,
+    /// Link frames read between sending the revoke and its ack.
+    pub frames_in_flight: u64,
+    pub failures: Vec<String>,
+    pub load: StepResult,
+}
+
+/// Highest clean rate of one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Saturation {
+    pub path: String,
+    pub highest_clean_rate: f64,
+    pub first_failing_rate: Option<f64>,
+    pub steps: Vec<StepResult>,
+}
+
+fn ms(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.0}", us as f64 / 1000.0)
+    } else {
+        format!("{:.2}", us as f64 / 1000.0)
+    }
+}
+
+/// The main table (latencies in µs, as recorded).
+pub fn table(results: &[StepResult]) -> String {
+    header() + &rows(results)
+}
+
+pub fn header() -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>22} {:>20}",
+        "path",
+        "rate",
+        "sent",
+        "deliv",
+        "lost",
+        "p50us",
+        "p90us",
+        "p99us",
+        "p99.9us",
+        "max_us",
+        "got/s",
+        "cpu s/10k (per proc)",
+        "peak RSS MB"
+    );
+    out
+}
+
+/// Table rows, one (or two) per result.
+pub fn rows(results: &[StepResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        let cpu: Vec<String> = r
+            .procs
+            .iter()
+            .map(|p| format!("{:.3}", p.cpu_s_per_10k))
+            .collect();
+        let rss: Vec<String> = r
+            .procs
+            .iter()
+            .map(|p| format!("{:.1}", p.hwm_kb as f64 / 1024.0))
+            .collect();
+        let l = &r.latency_us;
+        let _ = writeln!(
+            out,
+            "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7.0} {:>22} {:>20}",
+            r.path,
+            r.rate,
+            r.sent,
+            r.delivered,
+            r.lost,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            r.achieved_rate,
+            cpu.join("+"),
+            rss.join("+")
+        );
+        if let Some(a) = &r.ack_latency_us {
+            let _ = writeln!(
+                out,
+                "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}   (time to `ok` ack; rejected {})",
+                "  ack", "", "", a.count, "", a.p50, a.p90, a.p99, a.p999, a.max,
+                r.acks_rejected.unwrap_or(0)
+            );
+        }
+        if let (Some(f), Some(got), Some(want)) =
+            (&r.fanout_latency_us, r.link_frames, r.link_frames_expected)
+        {
+            let _ = writeln!(
+                out,
+                "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}   (last of the fan-out; link frames {got}/{want}, leaks {})",
+                "  fan-out", "", "", f.count, "", f.p50, f.p90, f.p99, f.p999, f.max,
+                r.privacy_leaks.unwrap_or(0)
+            );
+        }
+    }
+    out
+}
+
+/// Ratios hearthlink-up / bridge-q0 and hearthlink-up / direct per rate.
+pub fn ratios(results: &[StepResult]) -> String {
+    let mut out = String::new();
+    let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
+    let mut rates: Vec<f64> = results.iter().map(|r| r.rate).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    for rate in rates {
+        let Some(up) = find("hearthlink-up", rate) else {
+            continue;
+        };
+        for base in ["bridge-q0", "direct"] {
+            let Some(b) = find(base, rate) else { continue };
+            let q = |a: u64, b: u64| a as f64 / (b.max(1) as f64);
+            let gw_cpu = up.cpu_of(&["mosquitto", "hearthlink"]);
+            let base_cpu = b.cpu_of(&["mosquitto-a", "mosquitto"]);
+            let _ = writeln!(
+                out,
+                "hearthlink-up/{base:<9} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
+                q(up.latency_us.p50, b.latency_us.p50),
+                q(up.latency_us.p90, b.latency_us.p90),
+                q(up.latency_us.p99, b.latency_us.p99),
+                q(up.latency_us.p999, b.latency_us.p999),
+                gw_cpu / base_cpu.max(1e-9),
+                gw_cpu,
+                base_cpu
+            );
+        }
+    }
+    out
+}
+
+/// Short human form of a latency in ms, for verdict lines.
+pub fn fmt_ms(us: u64) -> String {
+    format!("{} ms", ms(us))
+}
+
+fn verdict(ok: bool, text: String) -> String {
+    format!("{} {text}", if ok { "PASS" } else { "MISS" })
+}
+
+/// The budgets, each as a PASS/MISS line with the figures.
+pub fn budgets(
+    results: &[StepResult],
+    revoke: Option<&RevokeResult>,
+    saturation: &[Saturation],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
+    for rate in [1000.0, 5000.0] {
+        let (Some(up), Some(br)) = (find("hearthlink-up", rate), find("bridge-q0", rate)) else {
+            continue;
+        };
+        for (name, a, b) in [
+            ("p50", up.latency_us.p50, br.latency_us.p50),
+            ("p99", up.latency_us.p99, br.latency_us.p99),
+        ] {
+            out.push(verdict(
+                a <= b,
+                format!(
+                    "hearthlink-up {name} <= bridge-q0 {name} at {rate}/s: {} vs {} ({:+.0}%)",
+                    fmt_ms(a),
+                    fmt_ms(b),
+                    (a as f64 / b.max(1) as f64 - 1.0) * 100.0
+                ),
+            ));
+        }
+        if let Some(d) = find("direct", rate) {
+            let (a, b) = (up.latency_us.p50, d.latency_us.p50);
+            out.push(verdict(
+                a <= 2 * b,
+                format!(
+                    "hearthlink-up p50 within 2x of direct at {rate}/s: {} vs {} ({:.2}x)",
+                    fmt_ms(a),
+                    fmt_ms(b),
+                    a as f64 / b.max(1) as f64
+                ),
+            ));
+        }
+        if rate == 5000.0 {
+            let gw = up.cpu_of(&["mosquitto", "hearthlink"]);
+            let base = br.cpu_of(&["mosquitto-a"]);
+            out.push(verdict(
+                gw <= 1.5 * base,
+                format!(
+                    "gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({:.2}x)",
+                    gw / base.max(1e-9)
+                ),
+            ));
+        }
+    }
+    if let Some(down) = find("hearthlink-down", 1000.0) {
+        let p99 = down.latency_us.p99;
+        out.push(verdict(
+            p99 < 2000 && down.lost == 0,
+            format!(
+                "hearthlink-down p99 < 2 ms at 1000 cmd/s: {} (lost {}, ack p99 {})",
+                fmt_ms(p99),
+                down.lost,
+                fmt_ms(down.ack_latency_us.map_or(0, |a| a.p99))
+            ),
+        ));
+    }
+    if let Some(r) = revoke {
+        out.push(verdict(
+            r.ack_latency_us.p99 < 5000 && r.failures.is_empty() && r.ack_latency_us.count > 0,
+            format!(
+                "revoke-to-ack p99 < 5 ms under {}/s with {} links: p99 {} (p50 {}, {} revokes)",
+                r.rate,
+                r.links,
+                fmt_ms(r.ack_latency_us.p99),
+                fmt_ms(r.ack_latency_us.p50),
+                r.ack_latency_us.count
+            ),
+        ));
+        out.push(verdict(
+            r.frames_after_ack == 0,
+            format!(
+                "zero link frames after the revoke ack: {}",
+                r.frames_after_ack
+            ),
+        ));
+    }
+    let idle = results
+        .iter()
+        .filter_map(|r| r.hearthlink_idle_hwm_kb)
+        .max();
+    if let Some(kb) = idle {
+        out.push(verdict(
+            kb < 8 * 1024,
+            format!(
+                "hearthlink peak RSS idle < 8 MB: {:.1} MB",
+                kb as f64 / 1024.0
+            ),
+        ));
+    }
+    let loaded = results
+        .iter()
+        .filter(|r| r.path == "hearthlink-links" && r.rate == 5000.0 && r.links >= 100)
+        .chain(revoke.map(|r| &r.load).filter(|l| l.rate == 5000.0))
+        .filter_map(|r| r.proc("hearthlink").map(|p| p.hwm_kb))
+        .max();
+    if let Some(kb) = loaded {
+        out.push(verdict(
+            kb < 16 * 1024,
+            format!(
+                "hearthlink peak RSS at 5000/s with 100 links < 16 MB: {:.1} MB",
+                kb as f64 / 1024.0
+            ),
+        ));
+    }
+    let sat = |p: &str| saturation.iter().find(|s| s.path == p);
+    if let (Some(up), Some(br)) = (sat("hearthlink-up"), sat("bridge-q0")) {
+        out.push(verdict(
+            up.highest_clean_rate >= br.highest_clean_rate,
+            format!(
+                "hearthlink-up saturation >= bridge-q0: {}/s vs {}/s",
+                up.highest_clean_rate, br.highest_clean_rate
+            ),
+        ));
+    }
+    out
+}
