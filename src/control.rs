@@ -300,8 +300,25 @@ pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::Li
             path: state_dir.join(crate::audit::AUDIT_FILE),
             source: std::io::Error::other(e.to_string()),
         })?;
+        give_to_dir_owner(state_dir, &[links::LINKS_FILE, crate::audit::AUDIT_FILE]);
     }
     Ok(newly)
+}
+
+/// Files written by root on the command line must stay readable by the
+/// daemon's own user (systemd's `DynamicUser=` owns `state_dir`): hand them
+/// to the owner of the directory.
+fn give_to_dir_owner(state_dir: &Path, names: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return;
+    };
+    for name in names {
+        let path = state_dir.join(name);
+        if let Err(e) = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())) {
+            tracing::warn!(path = %path.display(), error = %e, "could not hand the file to the state_dir owner");
+        }
+    }
 }
 
 /// Prints a `status` answer for a person, in 80 columns.
