@@ -411,7 +411,7 @@ fn chain_scalar(state: &mut u64) -> Value {
 /// so that chains really go deep, sometimes a personal one.
 fn path_key(state: &mut u64) -> String {
     let r = splitmix(state);
-    if r % 64 == 0 {
+    if r.is_multiple_of(64) {
         chain_key(state)
     } else {
         let mut picks = [0u8; 32];

@@ -167,6 +167,8 @@ struct Relay {
     pending: FuturesUnordered<Pending>,
     last_drop_warn: Option<Instant>,
     dropped_reported: u64,
+    /// Links whose revocation is in the audit already (since start).
+    audited_revokes: std::collections::HashSet<String>,
 }
 
 /// Runs the relay until `token` is cancelled.
@@ -185,14 +187,12 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         pending: FuturesUnordered::new(),
         last_drop_warn: None,
         dropped_reported: 0,
+        audited_revokes: Default::default(),
     };
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
     let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
         r.w.progress.bump();
-        if r.w.settings.has_changed().unwrap_or(false) {
-            r.apply_settings();
-        }
         let backlog = r.online && r.has_backlog();
         let ev = tokio::select! {
             _ = token.cancelled() => break,
@@ -204,6 +204,10 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             _ = housekeeping.tick() => Event::Housekeeping,
             _ = alive.tick() => continue,
         };
+        // A reload that landed while we waited applies to this very event.
+        if r.w.settings.has_changed().unwrap_or(false) {
+            r.apply_settings();
+        }
         match ev {
             Event::Cloud(ev) => r.on_cloud(ev),
             Event::Done(done) => r.on_completion(done),
@@ -630,8 +634,11 @@ impl Relay {
         if newly {
             tracing::info!(link = %link_id, origin = ?origin, dropped = removed, "link revoked");
         }
-        // The cloud reader revoked it in memory already; the audit records
-        // the event once, from here, with the kind it had.
+        // The cloud reader or the control socket revoked it in memory
+        // already; the audit records the event once, from here.
+        if !self.audited_revokes.insert(link_id.to_owned()) {
+            return;
+        }
         let recorded = self.w.audit.try_record(vec![Record::Revoke {
             ts: at,
             link: link_id.to_owned(),

@@ -41,10 +41,8 @@ impl Broker {
                 Ok(()) => return b,
                 Err(e) => {
                     last_err = e;
-                    dir = std::mem::replace(
-                        &mut b.dir,
-                        tempfile::tempdir().expect("broker tempdir"),
-                    );
+                    dir =
+                        std::mem::replace(&mut b.dir, tempfile::tempdir().expect("broker tempdir"));
                 }
             }
         }

@@ -25,9 +25,9 @@ impl Msg {
 }
 
 enum Ack {
-    ConnAck,
-    SubAck,
-    Error(String),
+    Connected,
+    Subscribed,
+    Failed(String),
 }
 
 pub struct MqttClient {
@@ -58,14 +58,14 @@ impl MqttClient {
                         });
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = ack_tx.send(Ack::ConnAck);
+                        let _ = ack_tx.send(Ack::Connected);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ack_tx.send(Ack::SubAck);
+                        let _ = ack_tx.send(Ack::Subscribed);
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let _ = ack_tx.send(Ack::Error(e.to_string()));
+                        let _ = ack_tx.send(Ack::Failed(e.to_string()));
                         return;
                     }
                 }
@@ -77,7 +77,7 @@ impl MqttClient {
             acks,
             task,
         };
-        c.wait_ack("CONNACK", |a| matches!(a, Ack::ConnAck)).await;
+        c.wait_ack("CONNACK", |a| matches!(a, Ack::Connected)).await;
         c
     }
 
@@ -85,7 +85,7 @@ impl MqttClient {
         let deadline = tokio::time::Instant::now() + super::WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some(Ack::Error(e))) => panic!("test MQTT client: waiting for {what}: {e}"),
+                Ok(Some(Ack::Failed(e))) => panic!("test MQTT client: waiting for {what}: {e}"),
                 Ok(Some(a)) if want(&a) => return,
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("test MQTT client: event loop ended waiting for {what}"),
@@ -100,7 +100,8 @@ impl MqttClient {
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("queue SUBSCRIBE");
-        self.wait_ack("SUBACK", |a| matches!(a, Ack::SubAck)).await;
+        self.wait_ack("SUBACK", |a| matches!(a, Ack::Subscribed))
+            .await;
     }
 
     /// Publishes (not retained) at QoS 0 or 1.
@@ -126,7 +127,11 @@ impl MqttClient {
 
     /// Every message up to and including the first one matching `until`;
     /// panics when none matches within `timeout`.
-    pub async fn recv_until(&mut self, timeout: Duration, until: impl Fn(&Msg) -> bool) -> Vec<Msg> {
+    pub async fn recv_until(
+        &mut self,
+        timeout: Duration,
+        until: impl Fn(&Msg) -> bool,
+    ) -> Vec<Msg> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -140,7 +145,9 @@ impl MqttClient {
                 }
                 Ok(None) | Err(_) => panic!(
                     "no matching MQTT message within {timeout:?}; saw {:?}",
-                    seen.iter().map(|m| (&m.topic, m.text())).collect::<Vec<_>>()
+                    seen.iter()
+                        .map(|m| (&m.topic, m.text()))
+                        .collect::<Vec<_>>()
                 ),
             }
         }

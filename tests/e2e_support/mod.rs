@@ -1,0 +1,328 @@
+//! Helpers shared by `links_e2e` and `ops_e2e` only, on top of the common
+//! harness in `tests/common/` (which stays untouched):
+//!
+//! - [`Gw`]: the daemon in-process through `hearthlink::run_with`, loaded
+//!   from a config *file* (so the command line, reload and a restart on
+//!   the same `state_dir` all see the same configuration).
+//! - [`BinDaemon`]: the real binary as a child, with the environment the
+//!   test chooses (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, ...).
+//! - [`cli`]: one run of the real binary with `--config FILE`.
+//! - frame helpers: links, revokes, the next frame in arrival order.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearthlink::CancellationToken;
+use serde_json::{json, Value};
+
+use crate::common::cloud::Conn;
+use crate::common::WAIT;
+
+/// The default strip keys of docs/privacy.md, normalised.
+pub const DEFAULT_STRIP_KEYS: &[&str] = &[
+    "email",
+    "mail",
+    "name",
+    "firstname",
+    "lastname",
+    "surname",
+    "fullname",
+    "givenname",
+    "familyname",
+    "username",
+    "user",
+    "owner",
+    "phone",
+    "mobile",
+    "address",
+];
+
+/// Key normalisation of protocol section 6, good enough for the ASCII keys
+/// these tests use: lower-case, letters and digits only.
+pub fn normalise(key: &str) -> String {
+    key.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Every object key in `v`, at any depth.
+pub fn all_keys(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    out.push(k.clone());
+                    walk(c, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// Keys of `v` (any depth) that a default strip key matches.
+pub fn personal_keys(v: &Value) -> Vec<String> {
+    all_keys(v)
+        .into_iter()
+        .filter(|k| DEFAULT_STRIP_KEYS.contains(&normalise(k).as_str()))
+        .collect()
+}
+
+/// `link:<id>`
+pub fn audience(link_id: &str) -> String {
+    format!("link:{link_id}")
+}
+
+/// Whether `v` is a state frame for the link `link_id`.
+pub fn is_link_frame(v: &Value, link_id: &str) -> bool {
+    v["type"] == "state" && v["audience"] == audience(link_id).as_str()
+}
+
+/// Whether `v` is a state frame for any link.
+pub fn is_any_link_frame(v: &Value) -> bool {
+    v["type"] == "state"
+        && v["audience"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("link:"))
+}
+
+/// Sends a `link` frame and returns its ack.
+pub async fn link(
+    conn: &mut Conn,
+    req_id: &str,
+    link_id: &str,
+    expose: &[&str],
+    commands: &[&str],
+) -> Value {
+    conn.send(&json!({
+        "type": "link", "id": req_id,
+        "link": {"id": link_id, "kind": "alexa", "expose": expose, "commands": commands},
+    }));
+    conn.expect_ack(req_id).await
+}
+
+/// Sends a `link` frame and insists on an `ok` ack.
+pub async fn link_ok(conn: &mut Conn, req_id: &str, link_id: &str, expose: &[&str]) {
+    let ack = link(conn, req_id, link_id, expose, &[]).await;
+    assert_eq!(ack["status"], "ok", "link {link_id} refused: {ack}");
+}
+
+/// Sends a `revoke` frame (the ack is left to the caller).
+pub fn send_revoke(conn: &Conn, req_id: &str, link_id: &str) {
+    conn.send(&json!({"type": "revoke", "id": req_id, "link_id": link_id}));
+}
+
+/// A command frame from `source`.
+pub fn command(conn: &Conn, id: &str, source: &str, topic: &str, payload: Value) {
+    conn.send(&json!({
+        "type": "command", "id": id, "source": source, "topic": topic, "payload": payload,
+    }));
+}
+
+/// The oldest frame not yet taken (strict arrival order), or `None`.
+pub async fn next_frame(conn: &mut Conn, timeout: Duration) -> Option<Value> {
+    conn.try_expect_frame(|_| true, timeout).await
+}
+
+pub fn assert_rejected(ack: &Value, reason: &str) {
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["status"], "rejected", "expected a rejection: {ack}");
+    assert_eq!(ack["reason"], reason, "wrong reason: {ack}");
+}
+
+pub fn assert_ok(ack: &Value) {
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["status"], "ok", "expected ok: {ack}");
+}
+
+// ------------------------------------------------------------ in-process
+
+/// The daemon in-process, loaded from a config file, with reload wired to
+/// that file (like the binary, without SIGHUP).
+pub struct Gw {
+    pub config: hearthlink::config::Config,
+    pub config_path: PathBuf,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), hearthlink::Error>>>,
+}
+
+impl Gw {
+    pub fn start(config_path: &Path) -> Gw {
+        crate::common::init_tracing();
+        let loaded = hearthlink::config::load(config_path)
+            .unwrap_or_else(|e| panic!("test config {} refused: {e}", config_path.display()));
+        let path = config_path.to_path_buf();
+        let opts = hearthlink::Options {
+            reload: Some(Arc::new(move || hearthlink::config::load(&path))),
+            set_log_level: None,
+            sighup: false,
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(hearthlink::run_with(
+            loaded.config.clone(),
+            opts,
+            token.clone(),
+        ));
+        Gw {
+            config: loaded.config,
+            config_path: config_path.to_path_buf(),
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// Cancels and waits for `run_with` to return Ok (state lock released).
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("hearthlink::run_with did not return within 10 s of cancel")
+                .expect("hearthlink::run_with panicked");
+            if let Err(e) = r {
+                panic!("hearthlink::run_with failed: {e}");
+            }
+        }
+    }
+
+    /// The `status` answer of the control socket.
+    pub async fn status(&self) -> Value {
+        let v =
+            hearthlink::control::request(&self.config.control_socket, &json!({"cmd": "status"}))
+                .await
+                .unwrap_or_else(|e| panic!("control socket status: {e}"));
+        v["status"].clone()
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+// ---------------------------------------------------------------- binary
+
+/// Runs `hearthlink <args...> --config <config>` to completion, off the
+/// async runtime (an in-process daemon keeps its worker threads):
+/// (exit code, stdout, stderr).
+pub async fn cli(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    cli_timed(args, config).await.0
+}
+
+/// [`cli`], also returning the instant the child was seen to exit.
+pub async fn cli_timed(args: &[&str], config: &Path) -> ((Option<i32>, String, String), Instant) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.push("--config".into());
+    all.push(config.display().to_string());
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = all.iter().map(String::as_str).collect();
+        let r = crate::common::daemon::run_binary(&a);
+        (r, Instant::now())
+    })
+    .await
+    .expect("cli task")
+}
+
+/// `hearthlink run --config FILE` as a child, with `env` added to a
+/// cleaned environment (no inherited systemd variables).
+pub struct BinDaemon {
+    pub child: Child,
+    stderr_path: PathBuf,
+}
+
+impl BinDaemon {
+    pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> BinDaemon {
+        let stderr_path = dir.join(format!("{}.stderr", crate::common::unique("daemon")));
+        let err = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearthlink"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn hearthlink run");
+        BinDaemon { child, stderr_path }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit status, waiting up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for the daemon's `hello` on the next connection, failing with the
+/// child's log.
+pub async fn accept_hello_of(
+    cloud: &mut crate::common::cloud::CloudServer,
+    bin: &BinDaemon,
+) -> (Conn, Value) {
+    match tokio::time::timeout(
+        crate::common::LONG_WAIT,
+        cloud.try_accept(crate::common::LONG_WAIT),
+    )
+    .await
+    {
+        Ok(Some(mut conn)) => {
+            let hello = conn
+                .try_expect_frame(|v| v["type"] == "hello", WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no hello: {}", bin.stderr()));
+            (conn, hello)
+        }
+        _ => panic!("the binary never connected: {}", bin.stderr()),
+    }
+}
