@@ -61,8 +61,6 @@ const CA_FILE_MAX: u64 = 16 * 1024 * 1024;
 /// `sun_path` holds 108 bytes including the terminating NUL (protocol 8.16).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// The value type of a key, used to check TOML values and parse env values.
-
 // ---------------------------------------------------------------- public types
 
 /// A loaded config plus what the operator should hear about.

@@ -4,6 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// The value type of a key, used to check TOML values and parse env values.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Kind {
     /// A non-empty string (also paths and URLs).
