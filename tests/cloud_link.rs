@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::cloud::{generate_certs, Accept, Behavior, CloudServer, Counts};
+use common::cloud::{generate_certs, Accept, Behavior, CloudServer, Counts, Welcome};
 use common::daemon::{write_files, Daemon, Opts};
 use common::rig::{is_state, wait_relay_up, Rig};
 use common::{wait_until, LONG_WAIT, WAIT};
@@ -70,16 +70,25 @@ async fn cloud_drops_tcp_daemon_says_hello_again() {
     reconnects_after(|c| c.drop_tcp()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_open_link_is_dropped_and_redialled() {
+/// The link goes half-open: the server stops reading and answering pings.
+async fn half_open_is_detected(config_heartbeat_s: u64, welcome_heartbeat_s: Option<u64>) {
     let opts = Opts {
-        heartbeat_s: 1,
+        heartbeat_s: config_heartbeat_s,
         ..Opts::default()
     };
-    let mut rig = Rig::start(opts).await;
+    let mut rig = Rig::start_with(opts, |cloud| {
+        cloud.set_behavior(Behavior {
+            welcome: Welcome::Auto {
+                offset_ms: 0,
+                heartbeat_s: welcome_heartbeat_s,
+            },
+            ..Behavior::default()
+        })
+    })
+    .await;
     let client = rig.mqtt().await;
     rig.wait_relay_up(&client).await;
-    // A healthy link (pongs answered) is kept over several heartbeats.
+    // A link answering pings is kept over several heartbeats (1 s each).
     let early = rig.cloud.try_accept(Duration::from_millis(3500)).await;
     assert!(
         early.is_none(),
@@ -93,6 +102,18 @@ async fn half_open_link_is_dropped_and_redialled() {
     assert_eq!(hello2["type"], "hello");
     wait_relay_up(&mut conn2, &client, WAIT).await;
     rig.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_link_is_dropped_and_redialled() {
+    half_open_is_detected(1, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_from_welcome_overrides_the_config() {
+    // Configured 20 s, welcome says 1 s: pings must follow the welcome, or
+    // a healthy link is declared dead; and a half-open one is found fast.
+    half_open_is_detected(20, Some(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,21 +155,103 @@ async fn offline_buffer_keeps_only_the_latest_value_per_topic() {
 
     rig.cloud.set_behavior(Behavior::default());
     let (mut conn2, _) = rig.cloud.accept_hello(LONG_WAIT).await;
-    // Live traffic comes after the buffer: a live frame is the barrier.
+    let fa = conn2
+        .expect_frame("buffered a", |v| is_state(v, a), WAIT)
+        .await;
+    let fb = conn2
+        .expect_frame("buffered b", |v| is_state(v, b), WAIT)
+        .await;
+    assert_eq!(fa["payload"], json!({"a": 3}), "the latest value of {a}");
+    assert_eq!(fb["payload"], json!({"b": 2}), "the latest value of {b}");
+    // The session is up now (it flushed): a live frame published now comes
+    // after anything else flushed from the buffer.
     client.publish("ampio/from/buf/live", "1", 1).await;
     conn2
         .expect_frame("live barrier", |v| is_state(v, "ampio/from/buf/live"), WAIT)
         .await;
-    let got_a = conn2.take_backlog(|v| is_state(v, a));
-    let got_b = conn2.take_backlog(|v| is_state(v, b));
-    assert_eq!(got_a.len(), 1, "only the latest value of {a}: {got_a:?}");
-    assert_eq!(got_a[0]["payload"], json!({"a": 3}));
-    assert_eq!(got_b.len(), 1, "only the latest value of {b}: {got_b:?}");
-    assert_eq!(got_b[0]["payload"], json!({"b": 2}));
+    let more = conn2.take_backlog(|v| is_state(v, a) || is_state(v, b));
+    assert!(more.is_empty(), "only the latest value per topic: {more:?}");
     let old = rig.conn.take_backlog(|v| is_state(v, a) || is_state(v, b));
     assert!(
         old.is_empty(),
         "nothing went to the dead connection: {old:?}"
+    );
+    rig.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_offline_buffer_drops_the_least_recently_updated_topic() {
+    let opts = Opts {
+        buffer_topics: Some(2),
+        ..Opts::default()
+    };
+    let mut rig = Rig::start(opts).await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    rig.cloud.set_behavior(Behavior {
+        accept: Accept::DropTcp,
+        ..Behavior::default()
+    });
+    let counts = &*rig.cloud.counts;
+    let tcp_before = count(&counts.tcp);
+    rig.conn.drop_tcp();
+    assert!(
+        wait_until(WAIT, || async move { count(&counts.tcp) > tcp_before }).await,
+        "the daemon should try to reconnect"
+    );
+    let base = rig.daemon.counter("states_in").await;
+    let dropped_before = rig.daemon.counter("buffer_dropped").await;
+
+    // A, B fill the buffer; A is updated (B is now the oldest); C evicts B.
+    let (a, b, c) = ("ampio/from/lru/a", "ampio/from/lru/b", "ampio/from/lru/c");
+    client.publish(a, "1", 1).await;
+    client.publish(b, "1", 1).await;
+    client.publish(a, "2", 1).await;
+    client.publish(c, "1", 1).await;
+    let daemon = &rig.daemon;
+    assert!(
+        wait_until(WAIT, || async move {
+            daemon.counter("states_in").await >= base + 4
+        })
+        .await,
+        "the daemon should receive the 4 messages while offline"
+    );
+    let dropped = rig.daemon.counter("buffer_dropped").await - dropped_before;
+    assert_eq!(dropped, 1, "one entry dropped, and counted");
+
+    rig.cloud.set_behavior(Behavior::default());
+    let (mut conn2, _) = rig.cloud.accept_hello(LONG_WAIT).await;
+    let fc = conn2
+        .expect_frame("buffered c", |v| is_state(v, c), WAIT)
+        .await;
+    assert_eq!(fc["payload"], json!(1));
+    // Once the flush has begun, a live frame is a barrier behind it (sent
+    // earlier, while the relay is still offline, it would join the full
+    // buffer and evict a buffered topic).
+    client.publish("ampio/from/lru/live", "1", 1).await;
+    conn2
+        .expect_frame("live barrier", |v| is_state(v, "ampio/from/lru/live"), WAIT)
+        .await;
+    let got: Vec<(String, serde_json::Value)> = conn2
+        .take_backlog(|v| {
+            v["type"] == "state"
+                && v["topic"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("ampio/from/lru/"))
+                && v["topic"] != "ampio/from/lru/live"
+        })
+        .into_iter()
+        .map(|v| {
+            (
+                v["topic"].as_str().unwrap_or("").to_owned(),
+                v["payload"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(a.to_owned(), json!(2))],
+        "besides {c}: only {a}'s latest value; the least recently updated topic ({b}) was dropped"
     );
     rig.daemon.stop().await;
 }

@@ -10,7 +10,7 @@ use common::cloud::{Behavior, Welcome};
 use common::daemon::Opts;
 use common::mqtt::{without_status, Msg};
 use common::rig::{is_state, Rig, PROBE_TOPIC};
-use common::{now_ms, WAIT};
+use common::{now_ms, wait_until, WAIT};
 use serde_json::{json, Value};
 
 const CMD_TOPIC: &str = "ampio/to/ab12/o/1/cmd";
@@ -144,7 +144,11 @@ async fn thousand_messages_on_one_topic_keep_their_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_payloads_are_published_as_the_protocol_says() {
-    let mut rig = Rig::start(Opts::default()).await;
+    let opts = Opts {
+        max_payload_bytes: Some(64),
+        ..Opts::default()
+    };
+    let mut rig = Rig::start(opts).await;
     let mut sub = rig.mqtt().await;
     sub.subscribe("ampio/to/#").await;
     let sends = [
@@ -158,7 +162,19 @@ async fn command_payloads_are_published_as_the_protocol_says() {
         rig.conn.send(f);
         assert_ok(&rig.conn.expect_ack(&format!("p-{}", i + 1)).await);
     }
-    let msgs = sub.recv_until(WAIT, |m| m.payload == b"7").await;
+    // relay.max_payload_bytes counts the bytes published: a JSON string
+    // of 64 characters is 64 bytes (no quotes), 65 raw bytes are too many.
+    let at_limit = "y".repeat(64);
+    rig.conn.command("p-6", CMD_TOPIC, json!(at_limit));
+    assert_ok(&rig.conn.expect_ack("p-6").await);
+    rig.conn.send(
+        &json!({"type":"command","id":"p-7","source":"app","topic":CMD_TOPIC,
+        "payload_b64": b64(&[7u8; 65])}),
+    );
+    assert_rejected(&rig.conn.expect_ack("p-7").await, "too_large");
+    let msgs = sub
+        .recv_until(WAIT, |m| m.payload == at_limit.as_bytes())
+        .await;
     let got: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.clone()).collect();
     assert_eq!(
         got,
@@ -168,6 +184,7 @@ async fn command_payloads_are_published_as_the_protocol_says() {
             b"null".to_vec(),
             vec![0, 1, 2, 255],
             b"7".to_vec(),
+            at_limit.as_bytes().to_vec(),
         ]
     );
     assert!(
@@ -390,6 +407,31 @@ async fn expiry_with_cloud_clock_an_hour_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_welcome_updates_the_clock_offset() {
+    let mut rig = Rig::start(Opts::default()).await;
+    rig.conn.command("w-0", CMD_TOPIC, json!("before"));
+    assert_ok(&rig.conn.expect_ack("w-0").await);
+    rig.conn
+        .send(&json!({"type":"welcome","server_time": now_ms() + 3_600_000}));
+    // A minute ahead of the local clock, but an hour behind the new cloud
+    // clock.
+    rig.conn.send(
+        &json!({"type":"command","id":"w-1","source":"app","topic":CMD_TOPIC,
+        "payload":"late","expires_at":now_ms() + 60_000}),
+    );
+    assert_rejected(&rig.conn.expect_ack("w-1").await, "expired");
+    let offset = rig.daemon.status().await["clock_offset_ms"]
+        .as_i64()
+        .expect("clock_offset_ms");
+    assert!((offset - 3_600_000).abs() < 5_000, "offset {offset}");
+    assert!(
+        !rig.conn.is_closed(),
+        "a second welcome does not end the session"
+    );
+    rig.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_burst_per_source() {
     let opts = Opts {
         commands_per_second: Some(0.2),
@@ -486,6 +528,85 @@ async fn broker_killed_then_restarted() {
             pair(CMD_TOPIC, "marker")
         ],
         "a command answered unavailable is never published later behind the cloud's back"
+    );
+    rig.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_in_flight_when_the_broker_dies_is_not_published_later() {
+    let mut rig = Rig::start(Opts::default()).await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    drop(client);
+
+    // Frozen broker: the daemon writes the PUBLISH and waits for a PUBACK.
+    rig.broker.pause();
+    rig.conn.command("k-1", CMD_TOPIC, json!("in flight"));
+    let broker = &rig.broker;
+    let written = wait_until(WAIT, || async move { broker.unread_bytes() > 0 }).await;
+    assert!(
+        written,
+        "the daemon should have written the PUBLISH to the broker"
+    );
+    rig.broker.kill();
+    assert_rejected(&rig.conn.expect_ack("k-1").await, "unavailable");
+
+    rig.broker.restart();
+    let mut sub = rig.mqtt().await;
+    sub.subscribe("ampio/to/#").await;
+    let client = rig.mqtt().await;
+    common::rig::wait_relay_up(&mut rig.conn, &client, Duration::from_secs(30)).await;
+    rig.conn.command("marker", CMD_TOPIC, json!("marker"));
+    assert_ok(&rig.conn.expect_ack("marker").await);
+    let msgs = sub.recv_until(WAIT, |m| m.payload == b"marker").await;
+    assert_eq!(
+        seen(msgs),
+        vec![pair(CMD_TOPIC, "marker")],
+        "a command answered unavailable must not be replayed after the reconnect"
+    );
+    rig.daemon.stop().await;
+}
+
+/// A broker that stays connected but stalls (SIGSTOP) for longer than any
+/// sensible reply time: the PUBLISH is already on the wire, so the outcome
+/// is unknown until the broker answers or the connection is declared dead.
+/// The gateway must not answer `unavailable` in the meantime (that answer
+/// is not remembered, so the cloud would retry and the command would run
+/// twice); once the broker resumes, the command is acked `ok` and was
+/// published exactly once. Takes about 12 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_broker_command_is_answered_once_its_fate_is_known() {
+    let opts = Opts {
+        mqtt_keep_alive_s: 60,
+        ..Opts::default()
+    };
+    let mut rig = Rig::start(opts).await;
+    let mut sub = common::mqtt::MqttClient::connect_with_keep_alive(
+        rig.broker.port(),
+        Duration::from_secs(60),
+    )
+    .await;
+    sub.subscribe("ampio/to/#").await;
+
+    rig.broker.pause();
+    rig.conn.command("t-1", CMD_TOPIC, json!("slow"));
+    let early = rig
+        .conn
+        .try_expect_frame(|v| v["id"] == "t-1", Duration::from_secs(11))
+        .await;
+    rig.broker.resume();
+    assert!(
+        early.is_none(),
+        "no ack may be given while the broker's answer is unknown, got {early:?}"
+    );
+    assert_ok(&rig.conn.expect_ack("t-1").await);
+    rig.conn.command("marker", CMD_TOPIC, json!("marker"));
+    assert_ok(&rig.conn.expect_ack("marker").await);
+    let msgs = sub.recv_until(WAIT, |m| m.payload == b"marker").await;
+    assert_eq!(
+        seen(msgs),
+        vec![pair(CMD_TOPIC, "slow"), pair(CMD_TOPIC, "marker")],
+        "the stalled command is published exactly once"
     );
     rig.daemon.stop().await;
 }

@@ -51,8 +51,6 @@ pub const OUTBOX_CAPACITY: usize = 1024;
 /// behind; past that the oldest acks are dropped (the cloud retries and the
 /// idempotency window answers again).
 const CONTROL_QUEUE_MAX: usize = 50_000;
-/// Longest wait for the broker to accept a command.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the cloud writer needs to know about a frame besides its text.
 #[derive(Debug, Clone)]
@@ -548,17 +546,16 @@ impl Relay {
                         Outcome::rejected(Reason::Unavailable, e.to_string()),
                         true,
                     ),
+                    // No timeout of our own: once the PUBLISH may be on the
+                    // wire, only the PUBACK or the loss of the connection
+                    // (MQTT keepalive) tells its fate. Answering `unavailable`
+                    // earlier would invite a retry of a command the broker
+                    // may still run.
                     Ok(rx) => self.wait_for(cmd.id, true, async move {
-                        match tokio::time::timeout(PUBLISH_TIMEOUT, rx).await {
-                            Ok(Ok(Ok(()))) => Outcome::Ok,
-                            Ok(Ok(Err(e))) => Outcome::rejected(Reason::Unavailable, e.to_string()),
-                            Ok(Err(_)) => {
-                                Outcome::rejected(Reason::Unavailable, "broker task stopped")
-                            }
-                            Err(_) => Outcome::rejected(
-                                Reason::Unavailable,
-                                "broker did not acknowledge in 10 s",
-                            ),
+                        match rx.await {
+                            Ok(Ok(())) => Outcome::Ok,
+                            Ok(Err(e)) => Outcome::rejected(Reason::Unavailable, e.to_string()),
+                            Err(_) => Outcome::rejected(Reason::Unavailable, "broker task stopped"),
                         }
                     }),
                 }

@@ -66,6 +66,50 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is
+    /// read or answered. [`Broker::kill`] still works on a frozen broker.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .arg("-STOP")
+                .arg(child.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -STOP mosquitto");
+        }
+    }
+
+    /// Thaws a broker frozen by [`Broker::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -CONT mosquitto");
+        }
+    }
+
+    /// Bytes clients sent that the broker has not read yet (the receive
+    /// queues of its established connections, from /proc/net/tcp).
+    pub fn unread_bytes(&self) -> u64 {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let port = format!(":{:04X}", self.port);
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let (local, state, queues) = (cols.get(1)?, cols.get(3)?, cols.get(4)?);
+                let rx = queues.split(':').nth(1)?;
+                (local.ends_with(&port) && *state == "01")
+                    .then(|| u64::from_str_radix(rx, 16).ok())
+                    .flatten()
+            })
+            .sum()
+    }
+
     /// Starts the broker again on the same port (no persistence: it comes
     /// back empty) and waits until it accepts connections.
     pub fn restart(&mut self) {

@@ -40,8 +40,14 @@ pub struct MqttClient {
 impl MqttClient {
     /// Connects to the broker on 127.0.0.1:`port` and waits for CONNACK.
     pub async fn connect(port: u16) -> MqttClient {
+        Self::connect_with_keep_alive(port, Duration::from_secs(5)).await
+    }
+
+    /// Like [`MqttClient::connect`]; a long keep-alive survives a broker
+    /// frozen for a while.
+    pub async fn connect_with_keep_alive(port: u16, keep_alive: Duration) -> MqttClient {
         let mut opts = MqttOptions::new(super::unique("test-client"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5))
+        opts.set_keep_alive(keep_alive)
             .set_clean_session(true)
             .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 2048);
