@@ -117,11 +117,23 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "demo"))]
     let default_filter = "info";
     let set_log_level = init_logging(cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One thread runs the whole daemon: its tasks are I/O-bound and hand
+    // each message along a chain (broker -> relay -> cloud), which a single
+    // thread does without cross-thread wake-ups or idle workers spinning.
+    // Blocking file writes go to tokio's blocking pool. The demo also runs
+    // an in-process broker and a cloud, so it gets two workers.
+    #[cfg(feature = "demo")]
+    let multi = matches!(cli.command, Command::Demo(_));
+    #[cfg(not(feature = "demo"))]
+    let multi = false;
+    let mut builder = if multi {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
