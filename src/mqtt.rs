@@ -241,9 +241,13 @@ impl Task {
     async fn run(mut self, token: CancellationToken) {
         let mut backoff = Backoff::new(MAX_BACKOFF);
         let mut up_since: Option<Instant> = None;
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
         loop {
+            // `poll` is only ever abandoned at shutdown or when new broker
+            // settings replace the event loop: it is not cancel-safe.
             let ev = tokio::select! {
-                _ = token.cancelled() => break,
+                _ = &mut cancelled => break,
                 Ok(()) = self.w.cfg.changed() => {
                     if self.reconfigure() {
                         up_since = None;
@@ -264,7 +268,7 @@ impl Task {
                         ts: self.w.clock.now_ms(),
                     };
                     tokio::select! {
-                        _ = token.cancelled() => break,
+                        _ = &mut cancelled => break,
                         r = self.w.to_relay.send(msg) => if r.is_err() { break },
                     }
                 }
@@ -293,7 +297,7 @@ impl Task {
                         .next_delay(lived, jitter())
                         .max(Duration::from_millis(100));
                     tokio::select! {
-                        _ = token.cancelled() => break,
+                        _ = &mut cancelled => break,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }

@@ -41,6 +41,11 @@ use crate::protocol::{self, FrameError, Inbound, Reason};
 use crate::relay::{CloudEvent, Meta, OutFrame};
 use crate::stats::Stats;
 
+/// How often liveness is checked: a quarter heartbeat, 50 ms to 1 s.
+fn dead_check_period(heartbeat: Duration) -> Duration {
+    (heartbeat / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
 /// How long the cloud has to answer `hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP connect, TLS and websocket handshake, together.
@@ -324,41 +329,45 @@ impl<'a> Session<'a> {
     async fn run(&mut self, token: &CancellationToken) -> Result<(), CloudError> {
         self.send_text(protocol::encode_hello(&self.w.gateway_id))
             .await?;
-        let welcome_by = tokio::time::Instant::now() + WELCOME_TIMEOUT;
+        // Timers live across iterations: nothing is registered or removed
+        // per frame on the hot path.
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
+        let welcome_timer = tokio::time::sleep(WELCOME_TIMEOUT);
+        tokio::pin!(welcome_timer);
         let mut ping = tokio::time::interval(self.heartbeat);
         ping.reset();
+        let mut dead_check = tokio::time::interval(dead_check_period(self.heartbeat));
         let mut ping_every = self.heartbeat;
-        let mut audit_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut second = tokio::time::interval(Duration::from_secs(1));
         loop {
             if ping_every != self.heartbeat {
                 // `welcome` set another heartbeat.
                 ping_every = self.heartbeat;
                 ping = tokio::time::interval(ping_every);
                 ping.reset();
+                dead_check = tokio::time::interval(dead_check_period(ping_every));
             }
-            let dead_at = tokio::time::Instant::from_std(self.last_rx + self.heartbeat * 2);
             let step = tokio::select! {
-                _ = token.cancelled() => Step::Stop(Ok(())),
+                _ = &mut cancelled => Step::Stop(Ok(())),
                 msg = self.ws.next() => self.on_message(msg).await,
                 Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
                 _ = ping.tick() => match self.ws.send(Message::Ping(Vec::new())).await {
                     Ok(()) => Step::Continue,
                     Err(e) => Step::Stop(Err(e.into())),
                 },
-                _ = tokio::time::sleep_until(welcome_by), if self.up_since.is_none() => {
+                _ = &mut welcome_timer, if self.up_since.is_none() => {
                     let _ = self.close(CloseCode::Protocol, "welcome expected").await;
                     Step::Stop(Err(CloudError::NoWelcome))
                 }
-                _ = tokio::time::sleep_until(dead_at) => Step::Stop(Err(CloudError::Dead(self.heartbeat * 2))),
-                _ = audit_tick.tick() => { self.flush_audit().await; Step::Continue }
-                Ok(()) = self.w.cfg_rx.changed() => {
-                    if *self.w.cfg_rx.borrow_and_update() == self.w.cfg {
-                        Step::Continue
+                _ = dead_check.tick() => {
+                    if self.last_rx.elapsed() >= self.heartbeat * 2 {
+                        Step::Stop(Err(CloudError::Dead(self.heartbeat * 2)))
                     } else {
-                        let _ = self.close(CloseCode::Restart, "gateway settings changed").await;
-                        Step::Stop(Err(CloudError::Reconfigured))
+                        Step::Continue
                     }
                 }
+                _ = second.tick() => self.every_second().await,
             };
             if let Step::Stop(r) = step {
                 if r.is_ok() {
@@ -367,6 +376,20 @@ impl<'a> Session<'a> {
                 return r;
             }
         }
+    }
+
+    /// Once a second: hand the audit its counts, take reloaded settings.
+    async fn every_second(&mut self) -> Step {
+        self.flush_audit().await;
+        if self.w.cfg_rx.has_changed().unwrap_or(false)
+            && *self.w.cfg_rx.borrow_and_update() != self.w.cfg
+        {
+            let _ = self
+                .close(CloseCode::Restart, "gateway settings changed")
+                .await;
+            return Step::Stop(Err(CloudError::Reconfigured));
+        }
+        Step::Continue
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), CloudError> {
@@ -479,13 +502,32 @@ impl<'a> Session<'a> {
             .map_err(|_| CloudError::Upgrade("relay stopped".into()))
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once.
+    /// Writes `first` and whatever else is queued, then flushes once, all
+    /// within two heartbeats.
     async fn write_batch(&mut self, first: OutFrame) -> Step {
         let deadline = self.heartbeat * 2;
         let mut written: Vec<(Meta, Option<Kind>)> = Vec::new();
+        let result =
+            match tokio::time::timeout(deadline, self.write_frames(first, &mut written)).await {
+                Ok(r) => r,
+                Err(_) => Err(CloudError::WriteTimeout),
+            };
+        if let Err(e) = result {
+            return Step::Stop(Err(e));
+        }
+        for (meta, kind) in written {
+            self.on_written(meta, kind).await;
+        }
+        Step::Continue
+    }
+
+    async fn write_frames(
+        &mut self,
+        first: OutFrame,
+        written: &mut Vec<(Meta, Option<Kind>)>,
+    ) -> Result<(), CloudError> {
         let mut next = Some(first);
         let mut n = 0;
-        let mut result: Result<(), CloudError> = Ok(());
         while let Some(OutFrame { text, meta }) = next.take() {
             n += 1;
             if n < WRITE_BATCH {
@@ -503,33 +545,15 @@ impl<'a> Session<'a> {
                 _ => None,
             };
             let len = text.len() as u64;
-            match tokio::time::timeout(deadline, self.ws.feed(Message::Text(text))).await {
-                Ok(Ok(())) => {
-                    Stats::add(&self.w.stats.bytes_up, len);
-                    written.push((meta, kind));
-                }
-                Ok(Err(e)) => result = Err(e.into()),
-                Err(_) => result = Err(CloudError::WriteTimeout),
-            }
-            if result.is_err() {
+            if let Err(e) = self.ws.feed(Message::Text(text)).await {
                 // Not written: handed back to the relay with the rest.
                 self.carry.extend(next.take());
-                break;
+                return Err(e.into());
             }
+            Stats::add(&self.w.stats.bytes_up, len);
+            written.push((meta, kind));
         }
-        if result.is_ok() {
-            result = match tokio::time::timeout(deadline, self.ws.flush()).await {
-                Ok(r) => r.map_err(CloudError::from),
-                Err(_) => Err(CloudError::WriteTimeout),
-            };
-        }
-        if let Err(e) = result {
-            return Step::Stop(Err(e));
-        }
-        for (meta, kind) in written {
-            self.on_written(meta, kind).await;
-        }
-        Step::Continue
+        self.ws.flush().await.map_err(CloudError::from)
     }
 
     /// Counts a written frame; a link frame is a disclosure for the audit.

@@ -189,11 +189,13 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     };
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
     let mut alive = tokio::time::interval(Duration::from_secs(1));
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     loop {
         r.w.progress.bump();
         let backlog = r.online && r.has_backlog();
         let ev = tokio::select! {
-            _ = token.cancelled() => break,
+            _ = &mut cancelled => break,
             Some(ev) = r.w.from_cloud.recv() => Event::Cloud(ev),
             Some(done) = r.pending.next(), if !r.pending.is_empty() => Event::Done(done),
             Some(req) = r.w.from_control.recv() => Event::Control(req),
