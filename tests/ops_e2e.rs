@@ -140,7 +140,7 @@ async fn ready_status_and_watchdog_reach_the_notify_socket() {
         "the watchdog keeps being fed"
     );
 
-    bin.signal(libc::SIGTERM);
+    bin.signal("TERM");
     let status = bin
         .wait_exit(Duration::from_secs(5))
         .await
@@ -396,7 +396,7 @@ async fn reload_applies_a_privacy_change_to_the_next_frame_without_reconnecting(
         files.toml
     );
     std::fs::write(&files.config_path, &strip_hum).expect("rewrite config");
-    bin.signal(libc::SIGHUP);
+    bin.signal("HUP");
     let f = link_payload_until(
         &mut conn,
         &client,
@@ -421,7 +421,7 @@ async fn reload_applies_a_privacy_change_to_the_next_frame_without_reconnecting(
         "neither side reconnected"
     );
     assert!(bin.running(), "{}", bin.stderr());
-    bin.signal(libc::SIGTERM);
+    bin.signal("TERM");
     let status = bin.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", bin.stderr());
 }
@@ -466,7 +466,7 @@ async fn an_invalid_reload_keeps_the_running_configuration() {
         "says the running config is kept: {msg}"
     );
     // And on SIGHUP it logs the refusal and keeps running.
-    bin.signal(libc::SIGHUP);
+    bin.signal("HUP");
     let b = &bin;
     assert!(
         wait_until(WAIT, || async move {
@@ -499,7 +499,7 @@ async fn an_invalid_reload_keeps_the_running_configuration() {
         "the broker connection was not touched"
     );
     assert!(!conn.is_closed());
-    bin.signal(libc::SIGTERM);
+    bin.signal("TERM");
     let status = bin.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", bin.stderr());
 }
@@ -867,7 +867,7 @@ async fn retained_status_topic_follows_the_cloud_and_the_process() {
     let (_conn, _) = accept_hello_of(&mut cloud, &bin).await;
     expect_retained(port, topic, "online", "cloud back").await;
 
-    bin.signal(libc::SIGTERM);
+    bin.signal("TERM");
     let status = bin.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", bin.stderr());
     expect_retained(port, topic, "offline", "after SIGTERM").await;
@@ -876,7 +876,7 @@ async fn retained_status_topic_follows_the_cloud_and_the_process() {
     let mut bin = BinDaemon::spawn(&files.config_path, files.dir.path(), &[]);
     let (_conn, _) = accept_hello_of(&mut cloud, &bin).await;
     expect_retained(port, topic, "online", "second run").await;
-    bin.signal(libc::SIGKILL);
+    bin.signal("KILL");
     assert!(bin.wait_exit(Duration::from_secs(5)).await.is_some());
     expect_retained(port, topic, "offline", "after kill -9 (last will)").await;
 }

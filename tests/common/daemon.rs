@@ -240,18 +240,33 @@ pub struct Binary {
 impl Binary {
     /// Runs `hearthlink <args...>` with stderr to a file in `dir`.
     pub fn spawn(args: &[&str], dir: &Path) -> Binary {
+        Self::spawn_with_env(args, dir, &[])
+    }
+
+    /// Like [`Binary::spawn`], with `env` added to an environment cleaned of
+    /// inherited systemd variables (`NOTIFY_SOCKET`, `WATCHDOG_*`).
+    pub fn spawn_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Binary {
         let stderr_path = dir.join(format!("{}.stderr", super::unique("bin")));
         let err = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_hearthlink"))
-            .args(args)
-            .env_remove("RUST_LOG")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearthlink"));
+        cmd.args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn hearthlink binary");
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn hearthlink binary");
         Binary { child, stderr_path }
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {

@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use hearthlink::CancellationToken;
 use serde_json::{json, Value};
 
 use crate::common::cloud::Conn;
+use crate::common::daemon::Binary;
 use crate::common::WAIT;
 
 /// The default strip keys of docs/privacy.md, normalised.
@@ -232,75 +232,14 @@ pub async fn cli_timed(args: &[&str], config: &Path) -> ((Option<i32>, String, S
     .expect("cli task")
 }
 
-/// `hearthlink run --config FILE` as a child, with `env` added to a
-/// cleaned environment (no inherited systemd variables).
-pub struct BinDaemon {
-    pub child: Child,
-    stderr_path: PathBuf,
-}
+/// `hearthlink run --config FILE` as a child (the harness's [`Binary`]),
+/// with `env` added to a cleaned environment.
+pub struct BinDaemon;
 
 impl BinDaemon {
-    pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> BinDaemon {
-        let stderr_path = dir.join(format!("{}.stderr", crate::common::unique("daemon")));
-        let err = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearthlink"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn hearthlink run");
-        BinDaemon { child, stderr_path }
-    }
-
-    pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid fits i32")
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        let r = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
-    }
-
-    /// Whether the child is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The exit status, waiting up to `timeout`.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for BinDaemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Binary {
+        let config = config.to_string_lossy();
+        Binary::spawn_with_env(&["run", "--config", &config], dir, env)
     }
 }
 
@@ -308,7 +247,7 @@ impl Drop for BinDaemon {
 /// child's log.
 pub async fn accept_hello_of(
     cloud: &mut crate::common::cloud::CloudServer,
-    bin: &BinDaemon,
+    bin: &Binary,
 ) -> (Conn, Value) {
     match tokio::time::timeout(
         crate::common::LONG_WAIT,
