@@ -228,26 +228,52 @@ pub fn spawn(
 }
 
 async fn run(mut w: Writer, mut rx: mpsc::Receiver<Vec<Record>>, token: CancellationToken) {
-    w.housekeep();
+    w = off_thread(w, |w| w.housekeep()).await;
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         let batch = tokio::select! {
             b = rx.recv() => match b { Some(b) => b, None => break },
-            _ = tick.tick() => { w.housekeep(); continue }
+            _ = tick.tick() => { w = off_thread(w, |w| w.housekeep()).await; continue }
             _ = token.cancelled() => break,
         };
         let mut all = batch;
         while let Ok(more) = rx.try_recv() {
             all.extend(more);
         }
-        w.append(&all);
+        w = off_thread(w, move |w| w.append(&all)).await;
     }
     // Drain what is already queued before stopping.
     let mut rest = Vec::new();
     while let Ok(more) = rx.try_recv() {
         rest.extend(more);
     }
-    w.append(&rest);
+    off_thread(w, move |w| w.append(&rest)).await;
+}
+
+/// Runs file work (serialising, appending, fsync, rotation) on the blocking
+/// pool: the daemon's runtime has one thread, and an fsync on flash would
+/// stall every link for its duration.
+async fn off_thread(mut w: Writer, f: impl FnOnce(&mut Writer) + Send + 'static) -> Writer {
+    let dir = w.dir.clone();
+    let (max_bytes, max_files, retention) = (w.max_bytes, w.max_files, w.retention);
+    match tokio::task::spawn_blocking(move || {
+        f(&mut w);
+        w
+    })
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "audit write task failed");
+            Writer {
+                dir,
+                max_bytes,
+                max_files,
+                retention,
+                opened: Instant::now(),
+            }
+        }
+    }
 }
 
 struct Writer {

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench relay_load -- [--quick] [--rate N[,N..]]
 //! [--duration S] [--warmup S] [--paths a,b] [--saturate] [--links N]
-//! [--payload BYTES] [--revokes N] [--bin PATH]`
+//! [--payload BYTES] [--revokes N] [--broker-nodelay] [--bin PATH]`
 //!
 //! Paths (`--paths`, default all): `direct` (publisher -> mosquitto ->
 //! subscriber), `bridge-q0` / `bridge-q1` (`bridge` = both: mosquitto A ->
@@ -55,12 +55,13 @@ struct Args {
     links: usize,
     payload: usize,
     revokes: usize,
+    broker_nodelay: bool,
     bin: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
 [--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-down,hearthlink-links,revoke] \
-[--saturate] [--links N] [--payload BYTES] [--revokes N] [--bin PATH]";
+[--saturate] [--links N] [--payload BYTES] [--revokes N] [--broker-nodelay] [--bin PATH]";
 
 fn parse_args() -> Result<Args, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -80,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
         links: 100,
         payload: 200,
         revokes: if quick { 3 } else { 10 },
+        broker_nodelay: false,
         bin: None,
     };
     let mut it = raw.into_iter();
@@ -95,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--quick" | "--bench" => {} // cargo passes --bench to harness = false targets
             "--saturate" => a.saturate = true,
+            "--broker-nodelay" => a.broker_nodelay = true,
             "--rate" => {
                 a.rates = value()?
                     .split(',')
@@ -185,6 +188,7 @@ async fn run(args: &Args) -> Result<(), String> {
             procs::MOSQUITTO
         ));
     }
+    procs::BROKER_NODELAY.store(args.broker_nodelay, std::sync::atomic::Ordering::Relaxed);
     let opts = RigOpts {
         bin: bin.clone(),
         payload: args.payload,
@@ -307,6 +311,7 @@ fn write_json(
         "machine": { "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "binary": { "path": bin.display().to_string(), "bytes": bin_bytes },
         "warmup_s": args.warmup.as_secs_f64(),
+        "broker_nodelay": args.broker_nodelay,
         "results": results,
         "revoke": revoke,
         "saturation": saturation,

@@ -65,13 +65,44 @@ impl Proc {
     pub fn hwm_kb(&self) -> u64 {
         status_kb(self.pid(), "VmHWM:").unwrap_or(0)
     }
+
+    pub fn idle_mem(&self) -> crate::report::IdleMem {
+        let kb = |key| status_kb(self.pid(), key).unwrap_or(0);
+        crate::report::IdleMem {
+            hwm_kb: kb("VmHWM:"),
+            rss_anon_kb: kb("RssAnon:"),
+            rss_file_kb: kb("RssFile:"),
+        }
+    }
 }
 
 impl Drop for Proc {
+    /// SIGTERM first (so a profiler wrapping the child can write its
+    /// output, and the daemon closes its links cleanly), SIGKILL after 10 s.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), to judge how quiet the
+/// machine was.
+pub fn loadavg() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// A free loopback port (bound, then released). Never 1883.
@@ -117,11 +148,23 @@ pub fn mosquitto(dir: &Path, name: &str, port: u16, conf: &str) -> Result<Proc, 
     Ok(p)
 }
 
+/// Set by `--broker-nodelay`: every broker gets `set_tcp_nodelay true`
+/// (mosquitto's default leaves Nagle on, which holds small packets such as
+/// a PUBACK until the previous segment is acknowledged).
+pub static BROKER_NODELAY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Plain listener, anonymous clients, nothing persisted.
 pub fn plain_broker_conf(port: u16) -> String {
+    let nodelay = BROKER_NODELAY.load(std::sync::atomic::Ordering::Relaxed);
     format!(
         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-         max_queued_messages 100000\n"
+         max_queued_messages 100000\n{}",
+        if nodelay {
+            "set_tcp_nodelay true\n"
+        } else {
+            ""
+        }
     )
 }
 

@@ -51,9 +51,23 @@ pub struct StepResult {
     pub error_frames: Option<u64>,
     /// The bench process itself (publisher, subscriber, sink).
     pub bench_cpu_pct: f64,
-    /// hearthlink's VmHWM before any load, kB.
+    /// 1-minute load average at the end of the step (2 cores: above 2
+    /// means something else competed for the CPU).
+    pub loadavg: f64,
+    /// hearthlink's memory before any load (connected, subscribed, no links).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hearthlink_idle_hwm_kb: Option<u64>,
+    pub hearthlink_idle: Option<IdleMem>,
+}
+
+/// A process's memory at rest, kB (`/proc/<pid>/status`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IdleMem {
+    /// VmHWM: peak resident set so far.
+    pub hwm_kb: u64,
+    /// RssAnon: heap, stacks (what the process allocated).
+    pub rss_anon_kb: u64,
+    /// RssFile: mapped pages of the binary and libraries.
+    pub rss_file_kb: u64,
 }
 
 impl StepResult {
@@ -108,6 +122,17 @@ pub struct Saturation {
     pub steps: Vec<StepResult>,
 }
 
+/// Short process label for the table: m (mosquitto), a, b, hl.
+fn short(name: &str) -> &str {
+    match name {
+        "mosquitto" => "m",
+        "mosquitto-a" => "a",
+        "mosquitto-b" => "b",
+        "hearthlink" => "hl",
+        other => other,
+    }
+}
+
 fn ms(us: u64) -> String {
     if us >= 10_000 {
         format!("{:.0}", us as f64 / 1000.0)
@@ -125,7 +150,7 @@ pub fn header() -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>22} {:>20}",
+        "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7}  {:<22} {:<20} {:<11}",
         "path",
         "rate",
         "sent",
@@ -137,8 +162,9 @@ pub fn header() -> String {
         "p99.9us",
         "max_us",
         "got/s",
-        "cpu s/10k (per proc)",
-        "peak RSS MB"
+        "cpu s/10k msgs",
+        "peak RSS MB",
+        "bench%/load"
     );
     out
 }
@@ -150,17 +176,17 @@ pub fn rows(results: &[StepResult]) -> String {
         let cpu: Vec<String> = r
             .procs
             .iter()
-            .map(|p| format!("{:.3}", p.cpu_s_per_10k))
+            .map(|p| format!("{}={:.3}", short(&p.name), p.cpu_s_per_10k))
             .collect();
         let rss: Vec<String> = r
             .procs
             .iter()
-            .map(|p| format!("{:.1}", p.hwm_kb as f64 / 1024.0))
+            .map(|p| format!("{}={:.1}", short(&p.name), p.hwm_kb as f64 / 1024.0))
             .collect();
         let l = &r.latency_us;
         let _ = writeln!(
             out,
-            "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7.0} {:>22} {:>20}",
+            "{:<17} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7.0}  {:<22} {:<20} {:.0}/{:.1}",
             r.path,
             r.rate,
             r.sent,
@@ -172,8 +198,10 @@ pub fn rows(results: &[StepResult]) -> String {
             l.p999,
             l.max,
             r.achieved_rate,
-            cpu.join("+"),
-            rss.join("+")
+            cpu.join(" "),
+            rss.join(" "),
+            r.bench_cpu_pct,
+            r.loadavg
         );
         if let Some(a) = &r.ack_latency_us {
             let _ = writeln!(
@@ -322,14 +350,16 @@ pub fn budgets(
     }
     let idle = results
         .iter()
-        .filter_map(|r| r.hearthlink_idle_hwm_kb)
-        .max();
-    if let Some(kb) = idle {
+        .filter_map(|r| r.hearthlink_idle)
+        .max_by_key(|m| m.hwm_kb);
+    if let Some(m) = idle {
         out.push(verdict(
-            kb < 8 * 1024,
+            m.hwm_kb < 8 * 1024,
             format!(
-                "hearthlink peak RSS idle < 8 MB: {:.1} MB",
-                kb as f64 / 1024.0
+                "hearthlink peak RSS idle < 8 MB: {:.1} MB (anon {:.1} MB, file-backed {:.1} MB)",
+                m.hwm_kb as f64 / 1024.0,
+                m.rss_anon_kb as f64 / 1024.0,
+                m.rss_file_kb as f64 / 1024.0
             ),
         ));
     }

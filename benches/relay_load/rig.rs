@@ -18,8 +18,8 @@ use crate::certs::Certs;
 use crate::load::{self, now_ns, Gen, Schedule, Sent};
 use crate::procs::{self, Proc};
 use crate::record::{Percentiles, Recorder, Window};
-use crate::report::{ProcStat, StepResult};
-use crate::sink::{await_ack, Sink};
+use crate::report::{IdleMem, ProcStat, StepResult};
+use crate::sink::Sink;
 
 /// The paths the bench knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct Rig {
     pub sink: Option<Sink>,
     _clients: Vec<AsyncClient>,
     next_seq: u64,
-    idle_hwm_kb: Option<u64>,
+    idle: Option<IdleMem>,
     opts: RigOpts,
     _dir: TempDir,
 }
@@ -99,7 +99,7 @@ impl Rig {
         let mut procs = Vec::new();
         let mut clients = Vec::new();
         let mut sink = None;
-        let mut idle_hwm_kb = None;
+        let mut idle = None;
         let id = |role: &str| format!("bench-{role}-{}", now_ns() % 1_000_000_007);
         let gen = match kind {
             PathKind::Direct | PathKind::Bridge { .. } => {
@@ -174,7 +174,7 @@ impl Rig {
                     )
                     .await?;
                     clients.push(sub);
-                    command_probe(&s)
+                    s.command_probe(STARTUP)
                         .await
                         .map_err(|e| hearthlink_failed(&mut procs, e))?;
                     Gen::Commands { tx: s.writer()? }
@@ -190,9 +190,9 @@ impl Rig {
                     }
                 };
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                idle_hwm_kb = procs.last().map(Proc::hwm_kb);
+                idle = procs.last().map(Proc::idle_mem);
                 if kind == PathKind::Links {
-                    add_links(&s, opts.links).await?;
+                    s.add_links(opts.links).await?;
                     if let Ok(mut r) = rec.lock() {
                         r.expect_links = opts.links.min(127) as u8;
                     }
@@ -209,7 +209,7 @@ impl Rig {
             sink,
             _clients: clients,
             next_seq: 1,
-            idle_hwm_kb,
+            idle,
             opts: opts.clone(),
             _dir: dir,
         })
@@ -237,6 +237,18 @@ impl Rig {
                 r.commands = Some((s, seq0));
             }
         }
+        let names: Vec<String> = self
+            .procs
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.pid()))
+            .collect();
+        eprintln!(
+            "relay_load: {} at {rate}/s: {:.1} s warm-up, then {:.1} s measured ({})",
+            self.kind.name(),
+            warmup.as_secs_f64(),
+            measure.as_secs_f64(),
+            names.join(" ")
+        );
         let pids = self.pids();
         let wait = Duration::from_nanos(s.measure_from.saturating_sub(now_ns()));
         let cpu0 = tokio::spawn(async move {
@@ -351,7 +363,8 @@ impl Rig {
             procs,
             error_frames: self.sink.as_ref().map(|s| s.counts().1),
             bench_cpu_pct,
-            hearthlink_idle_hwm_kb: self.idle_hwm_kb,
+            loadavg: procs::loadavg(),
+            hearthlink_idle: self.idle,
         };
         r.disarm();
         Ok(result)
@@ -360,6 +373,16 @@ impl Rig {
     /// The recorder, for the revocation test.
     pub fn recorder(&self) -> &Arc<Mutex<Recorder>> {
         &self.rec
+    }
+}
+
+impl Drop for Rig {
+    /// Stops the processes in reverse order of start: the daemon before
+    /// its broker.
+    fn drop(&mut self) {
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
     }
 }
 
@@ -382,48 +405,4 @@ fn hearthlink_failed(procs: &mut [Proc], e: String) -> String {
         .map(|p| p.check_alive().err().unwrap_or_else(|| p.log_tail(15)))
         .unwrap_or_default();
     format!("{e}; hearthlink log tail:\n{tail}")
-}
-
-/// Sends probe commands until one is acked `ok` (the daemon's broker
-/// connection is up).
-async fn command_probe(s: &Sink) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + STARTUP;
-    for i in 0.. {
-        let id = format!("p-{i}");
-        let rx = s.expect_ack(&id);
-        let frame = format!(
-            r#"{{"type":"command","id":"{id}","source":"app","topic":"ampio/to/dev/o/1/cmd","payload":"1","qos":1}}"#
-        );
-        s.send(vec![frame]).await?;
-        if let Ok((_, status)) = await_ack(rx, Duration::from_secs(2)).await {
-            if status == "ok" {
-                return Ok(());
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("no probe command was acked ok".into())
-}
-
-/// Creates links a-0 .. a-(n-1) exposing `bench/#`; waits for every ack.
-async fn add_links(s: &Sink, n: usize) -> Result<(), String> {
-    let mut waits = Vec::with_capacity(n);
-    let mut frames = Vec::with_capacity(n);
-    for i in 0..n {
-        waits.push(s.expect_ack(&format!("l-{i}")));
-        frames.push(format!(
-            r#"{{"type":"link","id":"l-{i}","link":{{"id":"a-{i}","kind":"alexa","expose":["bench/#"]}}}}"#
-        ));
-    }
-    s.send(frames).await?;
-    for (i, rx) in waits.into_iter().enumerate() {
-        let (_, status) = await_ack(rx, Duration::from_secs(30)).await?;
-        if status != "ok" {
-            return Err(format!("link l-{i} acked {status:?}"));
-        }
-    }
-    Ok(())
 }

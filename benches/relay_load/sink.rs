@@ -123,6 +123,50 @@ impl Sink {
             .map_err(|_| "cloud sink writer stopped".to_owned())
     }
 
+    /// Sends probe commands until one is acked `ok` (the daemon's broker
+    /// connection is up).
+    pub async fn command_probe(&self, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        for i in 0.. {
+            let id = format!("p-{i}");
+            let rx = self.expect_ack(&id);
+            let frame = format!(
+                r#"{{"type":"command","id":"{id}","source":"app","topic":"ampio/to/dev/o/1/cmd","payload":"1","qos":1}}"#
+            );
+            self.send(vec![frame]).await?;
+            if let Ok((_, status)) = await_ack(rx, Duration::from_secs(2)).await {
+                if status == "ok" {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("no probe command was acked ok".into())
+    }
+
+    /// Creates links a-0 .. a-(n-1) exposing `bench/#`; waits for every ack.
+    pub async fn add_links(&self, n: usize) -> Result<(), String> {
+        let mut waits = Vec::with_capacity(n);
+        let mut frames = Vec::with_capacity(n);
+        for i in 0..n {
+            waits.push(self.expect_ack(&format!("l-{i}")));
+            frames.push(format!(
+            r#"{{"type":"link","id":"l-{i}","link":{{"id":"a-{i}","kind":"alexa","expose":["bench/#"]}}}}"#
+        ));
+        }
+        self.send(frames).await?;
+        for (i, rx) in waits.into_iter().enumerate() {
+            let (_, status) = await_ack(rx, Duration::from_secs(30)).await?;
+            if status != "ok" {
+                return Err(format!("link l-{i} acked {status:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Frames read and `error` frames among them, since the start.
     pub fn counts(&self) -> (u64, u64) {
         (
