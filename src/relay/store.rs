@@ -33,9 +33,10 @@ impl StoreHandle {
         if let Err(mpsc::error::TrySendError::Full(tx) | mpsc::error::TrySendError::Closed(tx)) =
             self.tx.try_send(tx)
         {
-            // Full: a write is already queued behind the current one and
-            // will not include this change for sure; answer unavailable so
-            // the cloud retries, and let the retry timer persist it.
+            // Over 1024 requests waiting: the queued write will include
+            // this change too (every write takes the registry as it is when
+            // it starts), but nobody would be told; answer unavailable so
+            // the cloud retries and gets its `ok` from a later write.
             let _ = tx.send(Err("link store busy".to_owned()));
         }
         rx
