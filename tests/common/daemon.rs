@@ -163,33 +163,27 @@ fn render(
     t
 }
 
-/// The daemon running in-process on the test's runtime.
-pub struct Daemon {
-    pub files: Files,
+/// `hearthlink::run_with` spawned on the test's runtime, stopped on drop.
+pub struct Running {
     pub config: hearthlink::config::Config,
     token: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), hearthlink::Error>>>,
 }
 
-impl Daemon {
-    /// Loads the config (panicking on an error) and spawns `hearthlink::run`.
-    pub fn start(opts: &Opts, broker: &Broker, cloud: &CloudServer) -> Daemon {
+impl Running {
+    pub fn spawn(config: hearthlink::config::Config, opts: hearthlink::Options) -> Running {
         super::init_tracing();
-        let files = write_files(opts, broker.port(), cloud);
-        let loaded = hearthlink::config::from_toml_str(&files.toml, std::iter::empty())
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{}", files.toml));
-        let config = loaded.config;
         let token = CancellationToken::new();
-        let task = tokio::spawn(hearthlink::run(config.clone(), token.clone()));
-        Daemon {
-            files,
+        let task = tokio::spawn(hearthlink::run_with(config.clone(), opts, token.clone()));
+        Running {
             config,
             token,
             task: Some(task),
         }
     }
 
-    /// Cancels the token and waits for `run` to return Ok.
+    /// Cancels the token and waits for `run_with` to return Ok (the state
+    /// lock is released then).
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(task) = self.task.take() {
@@ -216,18 +210,55 @@ impl Daemon {
                 .unwrap_or_else(|e| panic!("control socket status: {e}"));
         v["status"].clone()
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// The daemon running in-process on the test's runtime.
+pub struct Daemon {
+    pub files: Files,
+    pub config: hearthlink::config::Config,
+    running: Running,
+}
+
+impl Daemon {
+    /// Loads the config (panicking on an error) and spawns `hearthlink::run`.
+    pub fn start(opts: &Opts, broker: &Broker, cloud: &CloudServer) -> Daemon {
+        let files = write_files(opts, broker.port(), cloud);
+        let loaded = hearthlink::config::from_toml_str(&files.toml, std::iter::empty())
+            .unwrap_or_else(|e| panic!("test config refused: {e}\n{}", files.toml));
+        let config = loaded.config;
+        Daemon {
+            files,
+            running: Running::spawn(config.clone(), hearthlink::Options::default()),
+            config,
+        }
+    }
+
+    /// Cancels the token and waits for `run` to return Ok.
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
+
+    /// Whether `run` has returned (it should not, until stopped).
+    pub fn is_finished(&self) -> bool {
+        self.running.is_finished()
+    }
+
+    /// The `status` answer of the control socket.
+    pub async fn status(&self) -> Value {
+        self.running.status().await
+    }
 
     /// A status counter, e.g. `states_in`.
     pub async fn counter(&self, name: &str) -> u64 {
         self.status().await["counters"][name]
             .as_u64()
             .unwrap_or_else(|| panic!("status has no counter {name}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.token.cancel();
     }
 }
 

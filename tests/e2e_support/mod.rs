@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hearthlink::CancellationToken;
 use serde_json::{json, Value};
 
 use crate::common::cloud::Conn;
-use crate::common::daemon::Binary;
+use crate::common::daemon::{Binary, Running};
 use crate::common::WAIT;
 
 /// The default strip keys of docs/privacy.md, normalised.
@@ -150,13 +149,11 @@ pub fn assert_ok(ack: &Value) {
 pub struct Gw {
     pub config: hearthlink::config::Config,
     pub config_path: PathBuf,
-    token: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), hearthlink::Error>>>,
+    running: Running,
 }
 
 impl Gw {
     pub fn start(config_path: &Path) -> Gw {
-        crate::common::init_tracing();
         let loaded = hearthlink::config::load(config_path)
             .unwrap_or_else(|e| panic!("test config {} refused: {e}", config_path.display()));
         let path = config_path.to_path_buf();
@@ -165,47 +162,21 @@ impl Gw {
             set_log_level: None,
             sighup: false,
         };
-        let token = CancellationToken::new();
-        let task = tokio::spawn(hearthlink::run_with(
-            loaded.config.clone(),
-            opts,
-            token.clone(),
-        ));
         Gw {
-            config: loaded.config,
+            config: loaded.config.clone(),
             config_path: config_path.to_path_buf(),
-            token,
-            task: Some(task),
+            running: Running::spawn(loaded.config, opts),
         }
     }
 
     /// Cancels and waits for `run_with` to return Ok (state lock released).
-    pub async fn stop(mut self) {
-        self.token.cancel();
-        if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("hearthlink::run_with did not return within 10 s of cancel")
-                .expect("hearthlink::run_with panicked");
-            if let Err(e) = r {
-                panic!("hearthlink::run_with failed: {e}");
-            }
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 
     /// The `status` answer of the control socket.
     pub async fn status(&self) -> Value {
-        let v =
-            hearthlink::control::request(&self.config.control_socket, &json!({"cmd": "status"}))
-                .await
-                .unwrap_or_else(|e| panic!("control socket status: {e}"));
-        v["status"].clone()
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        self.token.cancel();
+        self.running.status().await
     }
 }
 
