@@ -548,7 +548,6 @@ impl TokenSession {
 
 impl TokenCloud {
     async fn start(token: &str) -> TokenCloud {
-        use rustls::pki_types::PrivateKeyDer;
         let certs = common::cloud::generate_certs();
         let dir = tempfile::Builder::new()
             .prefix("hl-tokcloud")
@@ -556,17 +555,7 @@ impl TokenCloud {
             .expect("tempdir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &certs.ca_pem).expect("write CA");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certs.server_der.clone()],
-                PrivateKeyDer::Pkcs8(certs.server_key_der.clone().into()),
-            )
-            .expect("server TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = common::cloud::tls_acceptor(&certs);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

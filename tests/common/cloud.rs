@@ -144,6 +144,21 @@ pub struct CloudServer {
     _dir: tempfile::TempDir,
 }
 
+/// A TLS acceptor serving the generated server certificate (ring provider).
+pub fn tls_acceptor(certs: &Certs) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certs.server_der.clone()],
+            PrivateKeyDer::Pkcs8(certs.server_key_der.clone().into()),
+        )
+        .expect("server TLS config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
+
 impl CloudServer {
     /// Listens on a free loopback port.
     pub async fn start() -> CloudServer {
@@ -154,17 +169,7 @@ impl CloudServer {
             .expect("cloud tempdir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &certs.ca_pem).expect("write CA PEM");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certs.server_der.clone()],
-                PrivateKeyDer::Pkcs8(certs.server_key_der.clone().into()),
-            )
-            .expect("server TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tls_acceptor(&certs);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cloud");
         let addr = listener.local_addr().expect("cloud addr");
         let token = super::unique("token");
