@@ -150,7 +150,6 @@ fn coalescer_group(c: &mut Criterion) {
     let topics: Vec<Arc<str>> = (0..1000)
         .map(|i| Arc::from(format!("ampio/from/dev{i}/state").as_str()))
         .collect();
-    let link: Arc<str> = Arc::from("alexa-7f3");
     let mut g = c.benchmark_group("coalescer");
     g.throughput(Throughput::Elements(1));
     // Steady state while the writer is behind: 1000 topics held, each put
@@ -158,24 +157,25 @@ fn coalescer_group(c: &mut Criterion) {
     g.bench_function("put_replace_1000_topics", |b| {
         let mut buf = Coalescer::new(10_000);
         for t in &topics {
-            buf.put(None, t.clone(), 0u64);
+            buf.put(t.clone(), 0u64);
         }
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 1) % topics.len();
-            buf.put(None, topics[i].clone(), i as u64)
+            buf.put(topics[i].clone(), i as u64)
         })
     });
-    // Buffer full (cap 1000) of app entries: every new key drops the oldest.
-    g.bench_function("put_evict_full_1000", |b| {
-        let mut buf = Coalescer::new(1000);
+    // Buffer full (cap 500) while 1000 topics cycle: every put is a new
+    // key and drops the least recently updated one.
+    g.bench_function("put_evict_full_500", |b| {
+        let mut buf = Coalescer::new(500);
         for t in &topics {
-            buf.put(None, t.clone(), 0u64);
+            buf.put(t.clone(), 0u64);
         }
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 1) % topics.len();
-            buf.put(Some(link.clone()), topics[i].clone(), i as u64)
+            buf.put(topics[i].clone(), i as u64)
         })
     });
     // Fill with 1000 entries, drain them all: one op = one put + one pop.
@@ -185,7 +185,7 @@ fn coalescer_group(c: &mut Criterion) {
             || Coalescer::new(10_000),
             |buf| {
                 for (i, t) in topics.iter().enumerate() {
-                    buf.put(None, t.clone(), i as u64);
+                    buf.put(t.clone(), i as u64);
                 }
                 while let Some(e) = buf.pop_oldest() {
                     black_box(e);

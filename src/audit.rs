@@ -4,10 +4,11 @@
 //! One task owns the file. Disclosures are counted by the cloud writer at
 //! the moment a frame is written (so a frame dropped by a revocation is
 //! never counted) in a [`Tally`] keyed by (link, topic, keys sent), and
-//! handed to the task once a second as one record per key with a count and
-//! the first and last `ts`: an assistant linked to a busy topic would
-//! otherwise cost a flash write per message. Values are never recorded,
-//! only key paths.
+//! handed to the task every `audit.flush_s` seconds (and at once when a
+//! link is revoked, the cloud link drops or the daemon stops) as one record
+//! per key with a count and the first and last `ts`: an assistant linked to
+//! a busy topic would otherwise cost a flash write per message. Values are
+//! never recorded, only key paths.
 //!
 //! The file is rotated past `audit.max_file_bytes` and once a day; rotated
 //! files older than `audit.retention_days` and beyond `audit.max_files` are
@@ -110,16 +111,77 @@ pub fn key_paths(v: &serde_json::Value) -> Vec<String> {
     out
 }
 
-/// Disclosures counted by the cloud writer between two flushes.
+/// Disclosures counted by the cloud writer between two flushes, by topic,
+/// then key paths, then link: the writer looks a message's topic up once
+/// and then only the link of each frame.
 #[derive(Debug, Default)]
 pub struct Tally {
-    entries: HashMap<TallyKey, (Kind, u64, i64, i64)>,
+    topics: HashMap<Arc<str>, Vec<TopicCounts>>,
 }
 
-/// (link, topic, key paths sent).
-type TallyKey = (Arc<str>, Arc<str>, Arc<[String]>);
+/// The frames of one topic that carried one set of key paths, per link.
+#[derive(Debug)]
+pub struct TopicCounts {
+    keys: Arc<[String]>,
+    links: HashMap<Arc<str>, Count>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    kind: Kind,
+    n: u64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl TopicCounts {
+    /// Counts one frame written for `link`.
+    pub fn add(&mut self, link: &Arc<str>, kind: Kind, ts: i64) {
+        match self.links.get_mut(link) {
+            Some(c) => {
+                c.n += 1;
+                c.first_ts = c.first_ts.min(ts);
+                c.last_ts = c.last_ts.max(ts);
+            }
+            None => {
+                let c = Count {
+                    kind,
+                    n: 1,
+                    first_ts: ts,
+                    last_ts: ts,
+                };
+                self.links.insert(link.clone(), c);
+            }
+        }
+    }
+}
 
 impl Tally {
+    /// The counts of frames on `topic` carrying `keys`.
+    pub fn slot(&mut self, topic: &Arc<str>, keys: &Arc<[String]>) -> &mut TopicCounts {
+        let sets = self.topics.entry(topic.clone()).or_default();
+        // Messages of a topic usually share one key set: compare the
+        // pointer first, the paths only when it differs.
+        let at = sets
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.keys, keys) || s.keys == *keys);
+        let at = match at {
+            Some(at) => at,
+            None => {
+                sets.push(TopicCounts {
+                    keys: keys.clone(),
+                    links: HashMap::new(),
+                });
+                sets.len() - 1
+            }
+        };
+        let slot = &mut sets[at];
+        // Later messages share this `Arc`, so the pointer test hits.
+        slot.keys = keys.clone();
+        slot
+    }
+
+    /// Counts one frame on `topic` carrying `keys` written for `link`.
     pub fn add(
         &mut self,
         link: &Arc<str>,
@@ -128,36 +190,39 @@ impl Tally {
         keys: &Arc<[String]>,
         ts: i64,
     ) {
-        let e = self
-            .entries
-            .entry((link.clone(), topic.clone(), keys.clone()))
-            .or_insert((kind, 0, ts, ts));
-        e.1 += 1;
-        e.2 = e.2.min(ts);
-        e.3 = e.3.max(ts);
+        self.slot(topic, keys).add(link, kind, ts);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.topics.is_empty()
     }
 
-    /// Takes the counted disclosures as records.
+    /// Whether `pred` holds for a link counted here.
+    pub fn any_link(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
+        self.topics
+            .values()
+            .flatten()
+            .any(|s| s.links.keys().any(|l| pred(l)))
+    }
+
+    /// Takes the counted disclosures as records, oldest first.
     pub fn drain(&mut self) -> Vec<Record> {
-        let mut out: Vec<Record> = self
-            .entries
-            .drain()
-            .map(
-                |((link, topic, keys), (kind, count, first_ts, last_ts))| Record::Disclosure {
-                    link: link.to_string(),
-                    kind,
-                    topic: topic.to_string(),
-                    keys: keys.to_vec(),
-                    count,
-                    first_ts,
-                    last_ts,
-                },
-            )
-            .collect();
+        let mut out = Vec::new();
+        for (topic, sets) in self.topics.drain() {
+            for set in sets {
+                for (link, c) in set.links {
+                    out.push(Record::Disclosure {
+                        link: link.to_string(),
+                        kind: c.kind,
+                        topic: topic.to_string(),
+                        keys: set.keys.to_vec(),
+                        count: c.n,
+                        first_ts: c.first_ts,
+                        last_ts: c.last_ts,
+                    });
+                }
+            }
+        }
         out.sort_by_key(|r| match r {
             Record::Disclosure { first_ts, .. } => *first_ts,
             _ => 0,
@@ -478,6 +543,49 @@ mod tests {
             }
         ));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn tally_separates_links_and_key_sets() {
+        let mut t = Tally::default();
+        let (a, b, topic): (Arc<str>, Arc<str>, Arc<str>) =
+            (Arc::from("a"), Arc::from("b"), Arc::from("t"));
+        let k1: Arc<[String]> = Arc::from(vec!["v".to_owned()]);
+        let k1_again: Arc<[String]> = Arc::from(vec!["v".to_owned()]);
+        let k2: Arc<[String]> = Arc::from(vec!["v".to_owned(), "w".to_owned()]);
+        let slot = t.slot(&topic, &k1);
+        slot.add(&a, Kind::Alexa, 3);
+        slot.add(&b, Kind::Homekit, 4);
+        // Same paths in another allocation: the same record.
+        t.add(&a, Kind::Alexa, &topic, &k1_again, 1);
+        t.add(&a, Kind::Alexa, &topic, &k2, 9);
+        assert!(t.any_link(|l| l == "b"));
+        assert!(!t.any_link(|l| l == "c"));
+        let mut recs: Vec<(String, Vec<String>, u64, i64, i64)> = t
+            .drain()
+            .into_iter()
+            .map(|r| match r {
+                Record::Disclosure {
+                    link,
+                    keys,
+                    count,
+                    first_ts,
+                    last_ts,
+                    ..
+                } => (link, keys, count, first_ts, last_ts),
+                other => panic!("not a disclosure: {other:?}"),
+            })
+            .collect();
+        recs.sort();
+        let v = |s: &[&str]| s.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            recs,
+            [
+                ("a".into(), v(&["v"]), 2, 1, 3),
+                ("a".into(), v(&["v", "w"]), 1, 9, 9),
+                ("b".into(), v(&["v"]), 1, 4, 4),
+            ]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!
 //! # Tasks and channels
 //! ```text
-//!  broker ──mqtt task──(Incoming, bounded, waits)──► relay task ──(OutFrame, bounded, try_send)──► cloud task ── websocket
+//!  broker ──mqtt task──(Incoming, bounded, waits)──► relay task ══(OutFrame: priority + state, bounded, try_send)══► cloud task ── websocket
 //!                ▲                                       ▲   ▲                                       │
 //!                └──────── MqttHandle (publish) ─────────┘   └──────── CloudEvent (bounded) ─────────┘
 //!  control socket task ── ControlRequest ──► relay         link store task ◄── persist ── relay
@@ -124,6 +124,7 @@ pub async fn run_with(
     let (control_tx, control_rx) = mpsc::channel(64);
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let (out_tx, out_rx) = mpsc::channel(relay::OUTBOX_CAPACITY);
+    let (prio_tx, prio_rx) = mpsc::channel(relay::PRIORITY_CAPACITY);
     let (settings_tx, settings_rx) = watch::channel(relay_settings(&config));
     let (cloud_cfg_tx, cloud_cfg_rx) = watch::channel(config.cloud.clone());
     let (mqtt_cfg_tx, mqtt_cfg_rx) = watch::channel(config.mqtt.clone());
@@ -160,7 +161,9 @@ pub async fn run_with(
             clock: clock.clone(),
             stats: stats.clone(),
             audit: audit.clone(),
+            audit_every: Duration::from_secs(config.audit.flush_s),
             to_relay: cloud_tx,
+            priority: prio_rx,
             outbox: out_rx,
         },
         token.clone(),
@@ -174,6 +177,7 @@ pub async fn run_with(
             stats: stats.clone(),
             mqtt,
             outbox: out_tx,
+            priority: prio_tx,
             from_mqtt: mqtt_rx,
             from_cloud: cloud_rx,
             from_control: control_rx,

@@ -460,6 +460,26 @@ fn push_escaped(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+/// Appends `n` in decimal (no formatter machinery on the hot path).
+fn push_i64(out: &mut String, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -502,7 +522,10 @@ pub fn encode_state(
     ts: i64,
     snapshot: bool,
 ) -> String {
-    let mut out = String::with_capacity(64 + topic.len() + payload_len(&payload));
+    // The envelope is 66 bytes with a 13-digit ts and the snapshot flag.
+    let mut out = String::with_capacity(
+        72 + audience.map_or(0, str::len) + topic.len() + payload_len(&payload),
+    );
     out.push_str("{\"type\":\"state\",\"audience\":");
     match audience {
         None => out.push_str("\"app\""),
@@ -529,7 +552,8 @@ pub fn encode_state(
             out.push('"');
         }
     }
-    let _ = write!(out, ",\"ts\":{ts}");
+    out.push_str(",\"ts\":");
+    push_i64(&mut out, ts);
     if snapshot {
         out.push_str(",\"snapshot\":true");
     }

@@ -611,6 +611,81 @@ async fn stalled_broker_command_is_answered_once_its_fate_is_known() {
     rig.daemon.stop().await;
 }
 
+/// Snapshots are written ahead of queued state; a topic's values must
+/// still never go backwards, whatever the timing of the `sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_during_a_flood_keeps_each_topic_in_order() {
+    let mut rig = Rig::start(Opts::default()).await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    rig.conn.take_backlog(|_| true);
+    let topics = ["ampio/from/fl/a", "ampio/from/fl/b"];
+    // Big enough that the gateway's writes back up while the cloud pauses.
+    let pad = "x".repeat(4096);
+    let n = 3000;
+    rig.conn.pause(Duration::from_millis(1500));
+    let mut syncs = 0;
+    for i in 0..n {
+        client
+            .publish(
+                topics[i % 2],
+                format!("{{\"seq\":{i},\"pad\":\"{pad}\"}}"),
+                0,
+            )
+            .await;
+        if i % 1000 == 500 {
+            rig.conn
+                .send(&json!({"type":"sync","id":format!("s-{syncs}")}));
+            syncs += 1;
+        }
+    }
+    let last = |t: usize| (n - 2 + t) as i64;
+    let mut seen: [Vec<(i64, bool)>; 2] = [Vec::new(), Vec::new()];
+    let mut acks = 0;
+    while acks < syncs
+        || seen
+            .iter()
+            .enumerate()
+            .any(|(t, v)| v.last().map(|x| x.0) != Some(last(t)))
+    {
+        let f = rig
+            .conn
+            .expect_frame(
+                "flood frame or sync ack",
+                |v| v["type"] == "ack" || topics.iter().any(|t| is_state(v, t)),
+                Duration::from_secs(30),
+            )
+            .await;
+        if f["type"] == "ack" {
+            assert_ok(&f);
+            acks += 1;
+            continue;
+        }
+        let t = usize::from(f["topic"] == topics[1]);
+        let seq = f["payload"]["seq"].as_i64().expect("seq");
+        seen[t].push((seq, f["snapshot"] == true));
+    }
+    for (t, values) in seen.iter().enumerate() {
+        // Each live frame is newer than anything before it; a snapshot may
+        // repeat the value last shown (a later `sync`), never an older one.
+        let backwards: Vec<_> = values
+            .windows(2)
+            .filter(|w| w[1].0 < w[0].0 || (w[1].0 == w[0].0 && !w[1].1))
+            .collect();
+        assert!(
+            backwards.is_empty(),
+            "{}: values went backwards or repeated (seq, snapshot): {backwards:?}",
+            topics[t]
+        );
+        assert!(
+            values.iter().any(|v| v.1),
+            "{}: no snapshot seen",
+            topics[t]
+        );
+    }
+    rig.daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_sends_snapshots_then_the_ack() {
     let mut rig = Rig::start(Opts::default()).await;

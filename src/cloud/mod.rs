@@ -5,18 +5,23 @@
 //! up to 10 s for `welcome` (answering anything else with `error`), tells
 //! the relay it is up, and then in one `select!` loop: reads frames (any
 //! frame or pong proves liveness), pings every heartbeat, writes what the
-//! relay queued (batched: one flush for every frame waiting), and drops the
-//! connection when nothing arrived for two heartbeats.
+//! relay queued (batched: one flush for every frame waiting, acks and other
+//! priority frames ahead of state), and drops the connection when nothing
+//! arrived for two heartbeats.
 //!
 //! Revocation is enforced here twice, which is what makes it instant: a
 //! `revoke` frame revokes the link in the shared registry the moment it is
 //! read, before the relay sees it; and every link frame is checked against
 //! the registry just before it is written, so nothing queued for that link
 //! slips out behind the revocation. Disclosures are counted for the audit
-//! only once actually written.
+//! only once actually written, and handed to the audit task every
+//! `audit.flush_s`, right after a `revoke` is read, once a second when a
+//! counted link was revoked elsewhere (control socket), and when the
+//! session ends.
 
 pub mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +41,9 @@ use crate::audit::{AuditHandle, Tally};
 use crate::backoff::{jitter, Backoff};
 use crate::clock::{local_ms, Clock};
 use crate::config::CloudConfig;
-use crate::links::{Kind, Origin, Registry};
+use crate::links::{Origin, Registry};
 use crate::protocol::{self, FrameError, Inbound, Reason};
-use crate::relay::{CloudEvent, Meta, OutFrame};
+use crate::relay::{CloudEvent, OutFrame, StateOut};
 use crate::stats::Stats;
 
 /// How often liveness is checked: a quarter heartbeat, 50 ms to 1 s.
@@ -52,7 +57,8 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Error frames allowed per second per connection (edge rule 8.12).
 const ERRORS_PER_SECOND: u32 = 10;
-/// Frames written per flush at most.
+/// Frames written per flush at most (a message with links counts one per
+/// audience).
 const WRITE_BATCH: usize = 256;
 /// Largest message the transport accepts before closing with 1009.
 const TRANSPORT_MAX: usize = 16 * 1024 * 1024;
@@ -127,7 +133,11 @@ pub struct Wiring {
     pub clock: Arc<Clock>,
     pub stats: Arc<Stats>,
     pub audit: AuditHandle,
+    /// How often counted disclosures go to the audit (`audit.flush_s`).
+    pub audit_every: Duration,
     pub to_relay: mpsc::Sender<CloudEvent>,
+    /// Acks, errors, `revoked`, snapshots: written before any state.
+    pub priority: mpsc::Receiver<OutFrame>,
     pub outbox: mpsc::Receiver<OutFrame>,
 }
 
@@ -275,9 +285,15 @@ struct Session<'a> {
     up_since: Option<Instant>,
     errors_window: (Instant, u32),
     tally: Tally,
+    tally_since: Instant,
     told_relay_up: bool,
     /// Frames taken from the outbox but not written when the link failed.
     carry: Vec<OutFrame>,
+    /// Topics whose `sync` snapshot was written, with the number of the
+    /// message it showed: app state of such a topic that is not newer was
+    /// overtaken by the snapshot (which travels ahead of state) and is not
+    /// written after it.
+    snapshots: HashMap<Arc<str>, u64>,
 }
 
 enum Step {
@@ -296,8 +312,10 @@ impl<'a> Session<'a> {
             up_since: None,
             errors_window: (Instant::now(), 0),
             tally: Tally::default(),
+            tally_since: Instant::now(),
             told_relay_up: false,
             carry: Vec::new(),
+            snapshots: HashMap::new(),
         }
     }
 
@@ -348,10 +366,13 @@ impl<'a> Session<'a> {
                 ping.reset();
                 dead_check = tokio::time::interval(dead_check_period(ping_every));
             }
+            // Biased, in this order: timers (cheap to poll, and a flood
+            // must not starve the heartbeat), then acks and other priority
+            // frames, then reading (a `revoke` is read before more state
+            // is written), then state.
             let step = tokio::select! {
+                biased;
                 _ = &mut cancelled => Step::Stop(Ok(())),
-                msg = self.ws.next() => self.on_message(msg).await,
-                Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
                 _ = ping.tick() => match self.ws.send(Message::Ping(Vec::new())).await {
                     Ok(()) => Step::Continue,
                     Err(e) => Step::Stop(Err(e.into())),
@@ -368,6 +389,9 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = second.tick() => self.every_second().await,
+                Some(f) = self.w.priority.recv(), if self.told_relay_up => self.write_batch(f).await,
+                msg = self.ws.next() => self.on_message(msg).await,
+                Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
             };
             if let Step::Stop(r) = step {
                 if r.is_ok() {
@@ -378,9 +402,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Once a second: hand the audit its counts, take reloaded settings.
+    /// Once a second: hand the audit its counts when they are due (or a
+    /// counted link was revoked meanwhile), take reloaded settings.
     async fn every_second(&mut self) -> Step {
-        self.flush_audit().await;
+        let due = self.tally_since.elapsed() >= self.w.audit_every || {
+            let snap = self.w.registry.load();
+            self.tally.any_link(|l| !snap.is_active(l))
+        };
+        if due {
+            self.flush_audit().await;
+        }
         if self.w.cfg_rx.has_changed().unwrap_or(false)
             && *self.w.cfg_rx.borrow_and_update() != self.w.cfg
         {
@@ -489,6 +520,8 @@ impl<'a> Session<'a> {
             self.w
                 .registry
                 .revoke(link_id, Origin::Cloud, self.w.clock.now_ms());
+            // What the link was sent up to its revocation, on record now.
+            self.flush_audit().await;
         }
         self.tell_relay(CloudEvent::Frame(frame)).await
     }
@@ -502,21 +535,21 @@ impl<'a> Session<'a> {
             .map_err(|_| CloudError::Upgrade("relay stopped".into()))
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once, all
-    /// within two heartbeats.
+    /// Writes `first` and whatever else is queued (priority frames first),
+    /// then flushes once, all within two heartbeats.
     async fn write_batch(&mut self, first: OutFrame) -> Step {
         let deadline = self.heartbeat * 2;
-        let mut written: Vec<(Meta, Option<Kind>)> = Vec::new();
-        let result =
-            match tokio::time::timeout(deadline, self.write_frames(first, &mut written)).await {
-                Ok(r) => r,
-                Err(_) => Err(CloudError::WriteTimeout),
-            };
+        let mut told = Vec::new();
+        let result = match tokio::time::timeout(deadline, self.write_frames(first, &mut told)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CloudError::WriteTimeout),
+        };
         if let Err(e) = result {
             return Step::Stop(Err(e));
         }
-        for (meta, kind) in written {
-            self.on_written(meta, kind).await;
+        for link in told {
+            let _ = self.tell_relay(CloudEvent::Told(link)).await;
         }
         Step::Continue
     }
@@ -524,61 +557,109 @@ impl<'a> Session<'a> {
     async fn write_frames(
         &mut self,
         first: OutFrame,
-        written: &mut Vec<(Meta, Option<Kind>)>,
+        told: &mut Vec<Arc<str>>,
     ) -> Result<(), CloudError> {
         let mut next = Some(first);
         let mut n = 0;
-        while let Some(OutFrame { text, meta }) = next.take() {
-            n += 1;
-            if n < WRITE_BATCH {
-                next = self.w.outbox.try_recv().ok();
-            }
-            // The revocation check, made just before the write.
-            let kind = match &meta {
-                Meta::State {
-                    audience: Some(link),
-                    ..
-                } => match self.w.registry.load().get(link) {
-                    Some(l) => Some(l.kind),
-                    None => continue,
-                },
-                _ => None,
+        while let Some(f) = next.take() {
+            let r = match f {
+                OutFrame::Control(text) => self.feed(text).await.map(|()| 1),
+                OutFrame::Snapshot { text, topic, seq } => {
+                    let r = self.feed(text).await.map(|()| 1);
+                    if r.is_ok() {
+                        self.snapshots.insert(topic, seq);
+                    }
+                    r
+                }
+                OutFrame::Revoked { text, link } => {
+                    let r = self.feed(text).await.map(|()| 1);
+                    if r.is_ok() {
+                        told.push(link);
+                    }
+                    r
+                }
+                OutFrame::State(item) => self.write_state(item).await,
             };
-            let len = text.len() as u64;
-            if let Err(e) = self.ws.feed(Message::Text(text)).await {
-                // Not written: handed back to the relay with the rest.
-                self.carry.extend(next.take());
-                return Err(e.into());
+            match r {
+                Ok(k) => n += k,
+                Err(e) => return Err(e),
             }
-            Stats::add(&self.w.stats.bytes_up, len);
-            written.push((meta, kind));
+            if n < WRITE_BATCH {
+                next = match self.w.priority.try_recv() {
+                    Ok(f) => Some(f),
+                    Err(_) => self.w.outbox.try_recv().ok(),
+                };
+            }
         }
         self.ws.flush().await.map_err(CloudError::from)
     }
 
-    /// Counts a written frame; a link frame is a disclosure for the audit.
-    async fn on_written(&mut self, meta: Meta, kind: Option<Kind>) {
-        match meta {
-            Meta::State { audience: None, .. } => Stats::add(&self.w.stats.frames_up, 1),
-            Meta::State {
-                audience: Some(link),
-                topic,
-                ts,
-                keys,
-            } => {
-                Stats::add(&self.w.stats.link_frames_up, 1);
-                if let (Some(kind), Some(keys)) = (kind, keys) {
-                    self.tally.add(&link, kind, &topic, &keys, ts);
+    async fn feed(&mut self, text: String) -> Result<(), CloudError> {
+        let len = text.len() as u64;
+        self.ws.feed(Message::Text(text)).await?;
+        Stats::add(&self.w.stats.bytes_up, len);
+        Ok(())
+    }
+
+    /// Writes one message's frames: the app's, then one per link still
+    /// active at the moment its frame is written (the revocation check),
+    /// each counted for the audit. On a failed write the rest goes to
+    /// `carry` (the frame whose write failed is not retried: it may be in
+    /// the dead connection's buffer). Returns the number of frames written.
+    async fn write_state(&mut self, mut item: Box<StateOut>) -> Result<usize, CloudError> {
+        let mut n = 0;
+        if !self.snapshots.is_empty() {
+            match self.snapshots.get(&item.topic) {
+                Some(&snap) if item.seq <= snap => item.app = None,
+                Some(_) => {
+                    self.snapshots.remove(&item.topic);
                 }
+                None => {}
             }
-            Meta::Revoked(link) => {
-                let _ = self.tell_relay(CloudEvent::Told(link)).await;
-            }
-            Meta::Control => {}
         }
+        if let Some(text) = item.app.take() {
+            if let Err(e) = self.feed(text).await {
+                self.carry.push(OutFrame::State(item));
+                return Err(e);
+            }
+            Stats::add(&self.w.stats.frames_up, 1);
+            n += 1;
+        }
+        let Some(fan) = item.links.take() else {
+            return Ok(n);
+        };
+        let counts = self.tally.slot(&item.topic, &fan.keys);
+        for (i, link) in fan.ids.iter().enumerate() {
+            // The revocation check, made just before the write.
+            let Some(kind) = self.w.registry.load().get(link).map(|l| l.kind) else {
+                continue;
+            };
+            let text = protocol::encode_state(
+                Some(link),
+                &item.topic,
+                protocol::PayloadRepr::Json(&fan.payload),
+                item.ts,
+                false,
+            );
+            let len = text.len() as u64;
+            if let Err(e) = self.ws.feed(Message::Text(text)).await {
+                item.links = Some(crate::relay::Fanout {
+                    ids: fan.ids[i + 1..].to_vec(),
+                    ..fan
+                });
+                self.carry.push(OutFrame::State(item));
+                return Err(e.into());
+            }
+            Stats::add(&self.w.stats.bytes_up, len);
+            Stats::add(&self.w.stats.link_frames_up, 1);
+            counts.add(link, kind, item.ts);
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn flush_audit(&mut self) {
+        self.tally_since = Instant::now();
         if !self.tally.is_empty() {
             self.w.audit.record(self.tally.drain()).await;
         }
@@ -588,6 +669,9 @@ impl<'a> Session<'a> {
     async fn finish(mut self) {
         self.flush_audit().await;
         let mut unsent = std::mem::take(&mut self.carry);
+        while let Ok(f) = self.w.priority.try_recv() {
+            unsent.push(f);
+        }
         while let Ok(f) = self.w.outbox.try_recv() {
             unsent.push(f);
         }

@@ -226,6 +226,8 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// Rotated files kept.
     pub max_files: u32,
+    /// Disclosure counts are written at least this often (seconds).
+    pub flush_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -76,6 +76,7 @@ pub(super) struct RawAudit {
     pub(super) retention_days: u32,
     pub(super) max_file_bytes: u64,
     pub(super) max_files: u32,
+    pub(super) flush_s: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +162,7 @@ impl Default for RawAudit {
             retention_days: 30,
             max_file_bytes: 1024 * 1024,
             max_files: 10,
+            flush_s: 60,
         }
     }
 }

@@ -55,6 +55,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("audit.retention_days", Kind::Int(1, 3650)),
     ("audit.max_file_bytes", Kind::Int(4096, 1024 * MIB)),
     ("audit.max_files", Kind::Int(1, 1000)),
+    ("audit.flush_s", Kind::Int(1, 3600)),
     ("metrics.listen", Kind::OptStr),
 ];
 

@@ -48,6 +48,7 @@ pub(super) fn validate(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, Co
             retention_days: raw.audit.retention_days,
             max_file_bytes: raw.audit.max_file_bytes,
             max_files: raw.audit.max_files,
+            flush_s: raw.audit.flush_s,
         },
         metrics: metrics(raw.metrics, w)?,
     })

@@ -365,7 +365,7 @@ async fn walkthrough(
     ));
 
     heading("6. the audit trail: what the assistant was sent");
-    tokio::time::sleep(Duration::from_millis(1200)).await; // one audit flush
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the revoke's audit flush lands
     let doc = crate::audit::export(state_dir, Some(ASSISTANT))?;
     let summary = &doc["links"][ASSISTANT];
     line(&format!(

@@ -151,6 +151,19 @@ fn encodes_state_frames() {
 }
 
 #[test]
+fn state_frames_carry_any_ts() {
+    for ts in [0, 7, -7, 1_764_028_800_123, i64::MAX, i64::MIN] {
+        let f = encode_state(Some("l"), "t", PayloadRepr::classify(b"1"), ts, false);
+        let v: serde_json::Value = serde_json::from_str(&f).expect("valid JSON");
+        assert_eq!(v["ts"].as_i64(), Some(ts), "{f}");
+        assert!(
+            f.capacity() >= f.len() && f.capacity() < f.len() + 80,
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn encodes_acks() {
     assert_eq!(
         encode_ack("c-17", &Outcome::Ok),

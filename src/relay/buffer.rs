@@ -1,6 +1,6 @@
 //! The coalescing buffer (protocol section 5 and edge rule 8.9).
 //!
-//! Holds at most one frame per (audience, topic): the latest. Bounded by
+//! Holds at most one entry per topic: the latest. Bounded by
 //! `cloud.buffer_topics`; past that the least recently updated entry is
 //! dropped and counted. Pure data structure, no I/O.
 //!
@@ -9,17 +9,17 @@
 //! channel is full). In both, newer state replaces older state of the same
 //! topic, which is what state is for; per-topic order is kept because an
 //! entry is only ever replaced by a newer one.
+//!
+//! An entry is everything one MQTT message became (the app frame and the
+//! filtered payload for the links exposing the topic), so a busy topic
+//! costs one entry however many links see it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Who a buffered frame is for: `None` is the app, `Some(link_id)` a link.
-pub type Audience = Option<Arc<str>>;
-
 /// A buffered frame and what the writer needs to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<T> {
-    pub audience: Audience,
     pub topic: Arc<str>,
     pub item: T,
 }
@@ -29,8 +29,8 @@ pub struct Entry<T> {
 pub struct Coalescer<T> {
     cap: usize,
     seq: i64,
-    by_key: HashMap<(Audience, Arc<str>), (i64, T)>,
-    order: BTreeMap<i64, (Audience, Arc<str>)>,
+    by_key: HashMap<Arc<str>, (i64, T)>,
+    order: BTreeMap<i64, Arc<str>>,
     dropped: u64,
 }
 
@@ -72,9 +72,9 @@ impl<T> Coalescer<T> {
 
     /// Stores `item` as the latest for its key. Returns true when an older
     /// entry had to be dropped to make room.
-    pub fn put(&mut self, audience: Audience, topic: Arc<str>, item: T) -> bool {
+    pub fn put(&mut self, topic: Arc<str>, item: T) -> bool {
         self.seq += 1;
-        let key = (audience, topic);
+        let key = topic;
         if let Some((old_seq, slot)) = self.by_key.get_mut(&key) {
             self.order.remove(old_seq);
             *old_seq = self.seq;
@@ -98,8 +98,8 @@ impl<T> Coalescer<T> {
     /// Stores `item` only when nothing newer is held for its key (used for
     /// frames handed back unsent by the writer: anything buffered since is
     /// newer). Such an entry counts as the oldest.
-    pub fn put_if_absent(&mut self, audience: Audience, topic: Arc<str>, item: T) {
-        let key = (audience, topic);
+    pub fn put_if_absent(&mut self, topic: Arc<str>, item: T) {
+        let key = topic;
         if self.by_key.contains_key(&key) {
             return;
         }
@@ -118,32 +118,14 @@ impl<T> Coalescer<T> {
 
     /// Removes and returns the least recently updated entry.
     pub fn pop_oldest(&mut self) -> Option<Entry<T>> {
-        let (_, key) = self.order.pop_first()?;
-        let (_, item) = self.by_key.remove(&key)?;
-        Some(Entry {
-            audience: key.0,
-            topic: key.1,
-            item,
-        })
+        let (_, topic) = self.order.pop_first()?;
+        let (_, item) = self.by_key.remove(&topic)?;
+        Some(Entry { topic, item })
     }
 
     /// Puts back an entry just popped (the writer had no room after all).
     pub fn push_back_oldest(&mut self, e: Entry<T>) {
-        self.put_if_absent(e.audience, e.topic, e.item);
-    }
-
-    /// Drops every entry for `link` (revocation).
-    pub fn remove_audience(&mut self, link: &str) -> usize {
-        let before = self.by_key.len();
-        let order = &mut self.order;
-        self.by_key.retain(|(aud, _), (seq, _)| {
-            let keep = aud.as_deref() != Some(link);
-            if !keep {
-                order.remove(seq);
-            }
-            keep
-        });
-        before - self.by_key.len()
+        self.put_if_absent(e.topic, e.item);
     }
 }
 
@@ -158,23 +140,23 @@ mod tests {
     #[test]
     fn keeps_only_latest_per_key() {
         let mut b = Coalescer::new(10);
-        b.put(None, t("a"), 1);
-        b.put(None, t("a"), 2);
-        b.put(Some(t("l")), t("a"), 3);
+        b.put(t("a"), 1);
+        b.put(t("b"), 1);
+        b.put(t("a"), 2);
         assert_eq!(b.len(), 2);
         let first = b.pop_oldest().expect("one");
-        assert_eq!((first.audience, first.item), (None, 2));
-        assert_eq!(b.pop_oldest().map(|e| e.item), Some(3));
+        assert_eq!((first.topic, first.item), (t("b"), 1));
+        assert_eq!(b.pop_oldest().map(|e| e.item), Some(2));
         assert!(b.pop_oldest().is_none());
     }
 
     #[test]
     fn drops_least_recently_updated_when_full() {
         let mut b = Coalescer::new(2);
-        b.put(None, t("a"), 1);
-        b.put(None, t("b"), 1);
-        b.put(None, t("a"), 2); // a is now the newest
-        assert!(b.put(None, t("c"), 1)); // drops b
+        b.put(t("a"), 1);
+        b.put(t("b"), 1);
+        b.put(t("a"), 2); // a is now the newest
+        assert!(b.put(t("c"), 1)); // drops b
         assert_eq!(b.dropped(), 1);
         let topics: Vec<_> = std::iter::from_fn(|| b.pop_oldest())
             .map(|e| e.topic)
@@ -185,21 +167,10 @@ mod tests {
     #[test]
     fn returned_frames_never_overwrite_newer() {
         let mut b = Coalescer::new(10);
-        b.put(None, t("a"), 5);
-        b.put_if_absent(None, t("a"), 4);
-        b.put_if_absent(None, t("b"), 4);
+        b.put(t("a"), 5);
+        b.put_if_absent(t("a"), 4);
+        b.put_if_absent(t("b"), 4);
         assert_eq!(b.pop_oldest().map(|e| (e.topic, e.item)), Some((t("b"), 4)));
         assert_eq!(b.pop_oldest().map(|e| e.item), Some(5));
-    }
-
-    #[test]
-    fn revocation_removes_link_entries() {
-        let mut b = Coalescer::new(10);
-        b.put(Some(t("x")), t("a"), 1);
-        b.put(Some(t("y")), t("a"), 1);
-        b.put(None, t("a"), 1);
-        assert_eq!(b.remove_audience("x"), 1);
-        assert_eq!(b.len(), 2);
-        assert!(std::iter::from_fn(|| b.pop_oldest()).all(|e| e.audience.as_deref() != Some("x")));
     }
 }

@@ -1,17 +1,20 @@
 //! The relay: routing between the broker and the cloud, command execution,
 //! links, idempotency. One task owns all of this state.
 //!
-//! The relay never waits on the cloud writer: frames go to the outbound
-//! channel with `try_send`, and whatever does not fit (or arrives while the
-//! cloud is down) waits in a local queue: control frames (acks, errors,
-//! `revoked`, sync snapshots) in a short FIFO, state frames in the
-//! coalescing [`buffer::Coalescer`]. A select arm takes channel capacity as
-//! it frees up. Because the relay never blocks on the writer, the cloud task
-//! may block handing inbound frames to the relay without any deadlock.
+//! The relay never waits on the cloud writer: frames go to two bounded
+//! channels with `try_send` (acks, errors, `revoked` and snapshots on the
+//! priority channel, which the writer always empties first; state on the
+//! outbox), and whatever does not fit (or arrives while the cloud is down)
+//! waits in a local queue: control frames in a short FIFO, state in the
+//! coalescing [`buffer::Coalescer`]. Select arms take channel capacity as
+//! it frees up. Because the relay never blocks on the writer, the cloud
+//! task may block handing inbound frames to the relay without any deadlock.
 //!
 //! Work on the hot path (one MQTT message): classify the payload once,
 //! encode the app frame once; when links match, parse, filter and encode the
-//! filtered payload once and only the small frame envelope per link.
+//! filtered payload once. The message then travels as one [`StateOut`]
+//! whatever the number of links: one channel slot, one buffer entry; the
+//! writer frames the per-link envelope as it writes (see `cloud`).
 //!
 //! Sub-modules are the pure core: [`checks`] (command checks),
 //! [`idem`] (idempotency window), [`buffer`] (coalescing).
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -45,51 +49,65 @@ use buffer::Coalescer;
 use idem::{IdemStore, Seen};
 pub use store::{spawn_store, StoreHandle};
 
-/// Capacity of the channel from the relay to the cloud writer.
-pub const OUTBOX_CAPACITY: usize = 1024;
+/// Capacity of the state channel from the relay to the cloud writer, in
+/// MQTT messages (each is the app frame plus one frame per link).
+pub const OUTBOX_CAPACITY: usize = 256;
+/// Capacity of the priority channel (acks, errors, `revoked`, snapshots).
+pub const PRIORITY_CAPACITY: usize = 1024;
 /// Most control frames (acks, errors, snapshots) held while the writer is
 /// behind; past that the oldest acks are dropped (the cloud retries and the
 /// idempotency window answers again).
 const CONTROL_QUEUE_MAX: usize = 50_000;
 
-/// What the cloud writer needs to know about a frame besides its text.
+/// One frame or group of frames for the cloud writer.
+///
+/// Acks, errors, `revoked` and snapshots travel on the priority channel and
+/// are written before any queued state, so an ack never waits behind a
+/// flood; state travels on the outbox as one [`StateOut`] per MQTT message.
 #[derive(Debug, Clone)]
-pub enum Meta {
+pub enum OutFrame {
     /// Ack, error: not re-buffered when the link drops.
-    Control,
-    /// A `state` frame. `keys` is set for a link audience (for the audit).
-    State {
-        audience: buffer::Audience,
+    Control(String),
+    /// A `sync` snapshot frame of `topic`, made from message `seq`. State
+    /// of that topic still queued behind it is older and is not written
+    /// after it (per-topic order).
+    Snapshot {
+        text: String,
         topic: Arc<str>,
-        ts: i64,
-        keys: Option<Arc<[String]>>,
+        seq: u64,
     },
     /// A `revoked` frame for this link; the writer reports it written.
-    Revoked(Arc<str>),
+    Revoked { text: String, link: Arc<str> },
+    /// What one MQTT message became.
+    State(Box<StateOut>),
 }
 
-/// One frame for the cloud.
+/// One MQTT message for every audience: the app frame, ready to write, and
+/// the filtered payload with the links it goes to. The writer frames the
+/// small per-link envelope itself, just after checking that the link is
+/// still active, so the payload is filtered, encoded and queued once
+/// however many links see the topic.
 #[derive(Debug, Clone)]
-pub struct OutFrame {
-    pub text: String,
-    pub meta: Meta,
+pub struct StateOut {
+    pub topic: Arc<str>,
+    pub ts: i64,
+    /// Relay-wide message number (orders a message against snapshots).
+    pub seq: u64,
+    /// The app frame; `None` once written (a partly written message handed
+    /// back after a failed write).
+    pub app: Option<String>,
+    pub links: Option<Fanout>,
 }
 
-impl OutFrame {
-    fn control(text: String) -> Self {
-        Self {
-            text,
-            meta: Meta::Control,
-        }
-    }
-
-    /// The link this frame is for, if any.
-    pub fn link(&self) -> Option<&Arc<str>> {
-        match &self.meta {
-            Meta::State { audience, .. } => audience.as_ref(),
-            _ => None,
-        }
-    }
+/// The filtered payload of one message and the links to send it to.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    /// The privacy-filtered payload, as JSON text.
+    pub payload: Arc<str>,
+    /// Its key paths, for the audit.
+    pub keys: Arc<[String]>,
+    /// Links still to be written, in order.
+    pub ids: Vec<Arc<str>>,
 }
 
 /// What the cloud task tells the relay.
@@ -137,6 +155,7 @@ pub struct Wiring {
     pub stats: Arc<Stats>,
     pub mqtt: MqttHandle,
     pub outbox: mpsc::Sender<OutFrame>,
+    pub priority: mpsc::Sender<OutFrame>,
     pub from_mqtt: mpsc::Receiver<Incoming>,
     pub from_cloud: mpsc::Receiver<CloudEvent>,
     pub from_control: mpsc::Receiver<ControlRequest>,
@@ -158,8 +177,11 @@ struct Relay {
     settings: Settings,
     online: bool,
     control: VecDeque<OutFrame>,
-    buffer: Coalescer<OutFrame>,
-    latest: HashMap<String, (Bytes, i64)>,
+    buffer: Coalescer<Box<StateOut>>,
+    /// The last message of each topic: payload, ts, seq (for `sync`).
+    latest: HashMap<String, (Bytes, i64, u64)>,
+    /// Messages received so far (numbers `StateOut::seq`).
+    seq: u64,
     idem: IdemStore,
     limits: crate::limits::Limits,
     pending: FuturesUnordered<Pending>,
@@ -180,6 +202,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         online: false,
         control: VecDeque::new(),
         latest: HashMap::new(),
+        seq: 0,
         idem: IdemStore::default(),
         limits,
         pending: FuturesUnordered::new(),
@@ -193,14 +216,16 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     tokio::pin!(cancelled);
     loop {
         r.w.progress.bump();
-        let backlog = r.online && r.has_backlog();
+        let control_backlog = r.online && !r.control.is_empty();
+        let state_backlog = r.online && !r.buffer.is_empty();
         let ev = tokio::select! {
             _ = &mut cancelled => break,
             Some(ev) = r.w.from_cloud.recv() => Event::Cloud(ev),
             Some(done) = r.pending.next(), if !r.pending.is_empty() => Event::Done(done),
             Some(req) = r.w.from_control.recv() => Event::Control(req),
             Some(msg) = r.w.from_mqtt.recv() => Event::State(msg),
-            Ok(permit) = r.w.outbox.clone().reserve_owned(), if backlog => Event::Room(permit),
+            Some(permit) = room(&r.w.priority, control_backlog) => Event::Room(permit, true),
+            Some(permit) = room(&r.w.outbox, state_backlog) => Event::Room(permit, false),
             _ = housekeeping.tick() => Event::Housekeeping,
             _ = alive.tick() => continue,
         };
@@ -213,8 +238,13 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             Event::Done(done) => r.on_completion(done),
             Event::Control(req) => r.on_control(req),
             Event::State(msg) => r.on_state(msg),
-            Event::Room(permit) => {
-                if let Some(f) = r.next_backlog() {
+            Event::Room(permit, control) => {
+                let next = if control {
+                    r.control.pop_front()
+                } else {
+                    r.buffer.pop_oldest().map(|e| OutFrame::State(e.item))
+                };
+                if let Some(f) = next {
                     permit.send(f);
                 }
             }
@@ -229,8 +259,24 @@ enum Event {
     Done(Completion),
     Control(ControlRequest),
     State(Incoming),
-    Room(mpsc::OwnedPermit<OutFrame>),
+    /// Room in the priority channel (`true`) or the outbox.
+    Room(mpsc::OwnedPermit<OutFrame>, bool),
     Housekeeping,
+}
+
+/// Waits for room in `tx` when `wanted`; never completes otherwise. The
+/// sender is only cloned when there is backlog to move.
+fn room(
+    tx: &mpsc::Sender<OutFrame>,
+    wanted: bool,
+) -> impl Future<Output = Option<mpsc::OwnedPermit<OutFrame>>> {
+    let tx = wanted.then(|| tx.clone());
+    async move {
+        match tx {
+            Some(tx) => tx.reserve_owned().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Relay {
@@ -250,68 +296,58 @@ impl Relay {
         tracing::info!("relay settings reloaded");
     }
 
-    fn has_backlog(&self) -> bool {
-        !self.control.is_empty() || !self.buffer.is_empty()
-    }
-
-    fn next_backlog(&mut self) -> Option<OutFrame> {
-        if let Some(f) = self.control.pop_front() {
-            return Some(f);
-        }
-        self.buffer.pop_oldest().map(|e| e.item)
-    }
-
-    /// Moves backlog into the outbound channel while it has room.
+    /// Moves backlog into the outbound channels while they have room.
     fn pump(&mut self) {
         if !self.online {
             return;
         }
-        while let Some(f) = self.next_backlog() {
-            match self.w.outbox.try_send(f) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) => {
-                    self.unpop(f);
-                    break;
-                }
+        while let Some(f) = self.control.pop_front() {
+            if let Err(TrySendError::Full(f) | TrySendError::Closed(f)) =
+                self.w.priority.try_send(f)
+            {
+                self.control.push_front(f);
+                break;
+            }
+        }
+        while let Some(e) = self.buffer.pop_oldest() {
+            if let Err(TrySendError::Full(f) | TrySendError::Closed(f)) =
+                self.w.outbox.try_send(OutFrame::State(e.item))
+            {
+                self.unpop(f);
+                break;
             }
         }
         self.report_drops();
     }
 
-    /// Puts a frame taken from the backlog back where it came from.
+    /// Puts a frame taken from the backlog (or handed back unsent by the
+    /// writer) back where it came from; state only if nothing newer is
+    /// buffered for its topic.
     fn unpop(&mut self, f: OutFrame) {
-        match &f.meta {
-            Meta::State {
-                audience, topic, ..
-            } => {
-                let (a, t) = (audience.clone(), topic.clone());
-                self.buffer.put_if_absent(a, t, f);
-            }
-            _ => self.control.push_front(f),
+        match f {
+            OutFrame::State(item) => self.buffer.put_if_absent(item.topic.clone(), item),
+            OutFrame::Control(_) | OutFrame::Snapshot { .. } => self.control.push_front(f),
+            OutFrame::Revoked { .. } => {} // re-sent after the next welcome
         }
     }
 
-    /// Sends a state frame now, or buffers it.
-    fn emit_state(&mut self, f: OutFrame) {
-        if !self.online || self.has_backlog() {
-            return self.buffer_state(f);
+    /// Sends a message's frames now, or buffers them (behind older ones).
+    fn emit_state(&mut self, item: Box<StateOut>) {
+        if !self.online || !self.buffer.is_empty() {
+            return self.buffer_state(item);
         }
-        if let Err(mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) =
-            self.w.outbox.try_send(f)
+        if let Err(TrySendError::Full(f) | TrySendError::Closed(f)) =
+            self.w.outbox.try_send(OutFrame::State(item))
         {
-            self.buffer_state(f);
+            if let OutFrame::State(item) = f {
+                self.buffer_state(item);
+            }
         }
     }
 
-    fn buffer_state(&mut self, f: OutFrame) {
-        if let Meta::State {
-            audience, topic, ..
-        } = &f.meta
-        {
-            let (a, t) = (audience.clone(), topic.clone());
-            if self.buffer.put(a, t, f) {
-                Stats::add(&self.w.stats.buffer_dropped, 1);
-            }
+    fn buffer_state(&mut self, item: Box<StateOut>) {
+        if self.buffer.put(item.topic.clone(), item) {
+            Stats::add(&self.w.stats.buffer_dropped, 1);
         }
     }
 
@@ -319,7 +355,7 @@ impl Relay {
         if self.control.len() >= CONTROL_QUEUE_MAX {
             self.control.pop_front();
         }
-        self.control.push_back(OutFrame::control(text));
+        self.control.push_back(OutFrame::Control(text));
         self.pump();
     }
 
@@ -346,63 +382,45 @@ impl Relay {
         Stats::add(&self.w.stats.states_in, 1);
         let topic: Arc<str> = Arc::from(msg.topic.as_str());
         let repr = PayloadRepr::classify(&msg.payload);
-        let text = protocol::encode_state(None, &topic, repr, msg.ts, false);
-        self.emit_state(OutFrame {
-            text,
-            meta: Meta::State {
-                audience: None,
-                topic: topic.clone(),
-                ts: msg.ts,
-                keys: None,
-            },
-        });
-        self.route_to_links(&topic, repr, msg.ts);
+        let app = protocol::encode_state(None, &topic, repr, msg.ts, false);
+        let links = self.fanout(&topic, repr);
+        self.seq += 1;
+        let seq = self.seq;
+        self.emit_state(Box::new(StateOut {
+            topic,
+            ts: msg.ts,
+            seq,
+            app: Some(app),
+            links,
+        }));
         match self.latest.get_mut(msg.topic.as_str()) {
-            Some(slot) => *slot = (msg.payload, msg.ts),
+            Some(slot) => *slot = (msg.payload, msg.ts, seq),
             None => {
-                self.latest.insert(msg.topic, (msg.payload, msg.ts));
+                self.latest.insert(msg.topic, (msg.payload, msg.ts, seq));
             }
         }
     }
 
-    /// Sends the filtered frame to every active link exposing `topic`.
-    fn route_to_links(&mut self, topic: &Arc<str>, repr: PayloadRepr<'_>, ts: i64) {
+    /// The filtered payload for every active link exposing `topic`, if any.
+    fn fanout(&self, topic: &str, repr: PayloadRepr<'_>) -> Option<Fanout> {
         let snap = self.w.registry.load();
         let mut routes = snap.routes(topic).peekable();
-        if routes.peek().is_none() {
-            return;
-        }
+        routes.peek()?;
         if crate::privacy::contains_email(topic) {
-            return; // a topic holding an address never goes to links
+            return None; // a topic holding an address never goes to links
         }
         let value = match repr {
-            PayloadRepr::Json(text) => match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(_) => return,
-            },
+            PayloadRepr::Json(text) => serde_json::from_str(text).ok()?,
             PayloadRepr::Text(text) => serde_json::Value::String(text.to_owned()),
-            PayloadRepr::Binary(_) => return, // never sent to links
+            PayloadRepr::Binary(_) => return None, // never sent to links
         };
-        let Some(filtered) = self.settings.policy.filter(&value) else {
-            return; // fail closed (too deep)
-        };
-        let keys: Arc<[String]> = Arc::from(crate::audit::key_paths(&filtered));
-        let payload = filtered.to_string();
-        let links: Vec<Arc<str>> = routes.map(|l| l.id.clone()).collect();
-        drop(snap);
-        for link in links {
-            let text =
-                protocol::encode_state(Some(&link), topic, PayloadRepr::Json(&payload), ts, false);
-            self.emit_state(OutFrame {
-                text,
-                meta: Meta::State {
-                    audience: Some(link),
-                    topic: topic.clone(),
-                    ts,
-                    keys: Some(keys.clone()),
-                },
-            });
-        }
+        // `None`: fail closed (too deep).
+        let filtered = self.settings.policy.filter(&value)?;
+        Some(Fanout {
+            keys: Arc::from(crate::audit::key_paths(&filtered)),
+            payload: Arc::from(filtered.to_string()),
+            ids: routes.map(|l| l.id.clone()).collect(),
+        })
     }
 
     // ------------------------------------------------------- cloud frames
@@ -417,9 +435,9 @@ impl Relay {
                 let mut untold: Vec<_> = snap.revoked().filter(|r| !r.cloud_told).collect();
                 untold.sort_by_key(|r| r.at_ms);
                 for r in untold.into_iter().rev() {
-                    self.control.push_front(OutFrame {
+                    self.control.push_front(OutFrame::Revoked {
                         text: protocol::encode_revoked(&r.id, r.at_ms),
-                        meta: Meta::Revoked(Arc::from(r.id.as_str())),
+                        link: Arc::from(r.id.as_str()),
                     });
                 }
             }
@@ -427,16 +445,13 @@ impl Relay {
                 self.online = false;
                 self.w.mqtt.set_status("cloud-down");
                 let snap = self.w.registry.load();
-                for f in unsent.into_iter().rev() {
-                    match &f.meta {
-                        Meta::State { audience, .. } => {
-                            if audience.as_ref().is_none_or(|l| snap.is_active(l)) {
-                                self.unpop(f);
-                            }
+                for mut f in unsent.into_iter().rev() {
+                    if let OutFrame::State(item) = &mut f {
+                        if let Some(fan) = &mut item.links {
+                            fan.ids.retain(|l| snap.is_active(l));
                         }
-                        Meta::Control => self.control.push_front(f),
-                        Meta::Revoked(_) => {} // re-sent after the next welcome
                     }
+                    self.unpop(f);
                 }
             }
             CloudEvent::Told(link) => {
@@ -566,17 +581,23 @@ impl Relay {
     }
 
     fn on_sync(&mut self, id: &str) {
-        let mut topics: Vec<(&String, &(Bytes, i64))> = self.latest.iter().collect();
-        topics.sort_by_key(|(_, (_, ts))| *ts);
-        let frames: Vec<String> = topics
+        let mut topics: Vec<(&String, &(Bytes, i64, u64))> = self.latest.iter().collect();
+        topics.sort_by_key(|(_, (_, ts, seq))| (*ts, *seq));
+        let frames: Vec<OutFrame> = topics
             .into_iter()
-            .map(|(topic, (payload, ts))| {
-                protocol::encode_state(None, topic, PayloadRepr::classify(payload), *ts, true)
+            .map(|(topic, (payload, ts, seq))| OutFrame::Snapshot {
+                text: protocol::encode_state(
+                    None,
+                    topic,
+                    PayloadRepr::classify(payload),
+                    *ts,
+                    true,
+                ),
+                topic: Arc::from(topic.as_str()),
+                seq: *seq,
             })
             .collect();
-        for text in frames {
-            self.control.push_back(OutFrame::control(text));
-        }
+        self.control.extend(frames);
         self.finish_now(id, Outcome::Ok, false);
     }
 
@@ -627,11 +648,10 @@ impl Relay {
             .load()
             .revoked_entry(link_id)
             .and_then(|t| t.kind);
-        let removed = self.buffer.remove_audience(link_id);
-        self.control
-            .retain(|f| f.link().is_none_or(|l| &**l != link_id));
+        // Buffered messages may still name the link: the writer checks every
+        // link against the registry just before writing its frame.
         if newly {
-            tracing::info!(link = %link_id, origin = ?origin, dropped = removed, "link revoked");
+            tracing::info!(link = %link_id, origin = ?origin, "link revoked");
         }
         // The cloud reader or the control socket revoked it in memory
         // already; the audit records the event once, from here.
@@ -655,9 +675,9 @@ impl Relay {
                 self.revoke(&link_id, Origin::Local);
                 if self.online {
                     let at = self.w.clock.now_ms();
-                    self.control.push_front(OutFrame {
+                    self.control.push_front(OutFrame::Revoked {
                         text: protocol::encode_revoked(&link_id, at),
-                        meta: Meta::Revoked(Arc::from(link_id.as_str())),
+                        link: Arc::from(link_id.as_str()),
                     });
                 }
                 let rx = self.w.store.persist();

@@ -380,6 +380,7 @@ enum Cmd {
     Send(Message),
     Close(u16),
     Stall,
+    Pause(Duration),
     DropTcp,
 }
 
@@ -392,8 +393,12 @@ async fn serve(
 ) {
     let mut welcomed = false;
     let mut detached = false;
+    // While set, nothing is read (the gateway's writes back up); commands
+    // are still carried out, so frames can be sent meanwhile.
+    let mut paused: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
+            _ = async { if let Some(p) = paused.as_mut() { p.await } }, if paused.is_some() => paused = None,
             cmd = cmds.recv(), if !detached => match cmd {
                 // The test dropped its handle: keep the connection healthy.
                 None => detached = true,
@@ -412,12 +417,13 @@ async fn serve(
                     shared.stop.cancelled().await;
                     return;
                 }
+                Some(Cmd::Pause(d)) => paused = Some(Box::pin(tokio::time::sleep(d))),
                 Some(Cmd::DropTcp) => {
                     let _ = events.send(Event::Ended);
                     return;
                 }
             },
-            msg = ws.next() => match msg {
+            msg = ws.next(), if paused.is_none() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let is_hello = serde_json::from_str::<Value>(&t)
                         .map(|v| v["type"] == "hello")
@@ -619,6 +625,11 @@ impl Conn {
     /// Stops reading and answering pings, keeping the socket open.
     pub fn stall(&self) {
         let _ = self.cmds.send(Cmd::Stall);
+    }
+
+    /// Stops reading for `d` (frames can still be sent), then goes on.
+    pub fn pause(&self, d: Duration) {
+        let _ = self.cmds.send(Cmd::Pause(d));
     }
 
     /// Drops the TCP connection without a close frame.
