@@ -120,10 +120,15 @@ pub struct Tally {
 }
 
 /// The frames of one topic that carried one set of key paths, per link.
+///
+/// The links of a topic come in the same order message after message, so
+/// `add` is told the link's position: when the entry there is the same
+/// link (pointer comparison) no hashing is needed.
 #[derive(Debug)]
 pub struct TopicCounts {
     keys: Arc<[String]>,
-    links: HashMap<Arc<str>, Count>,
+    links: Vec<(Arc<str>, Count)>,
+    index: HashMap<Arc<str>, usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,10 +140,15 @@ struct Count {
 }
 
 impl TopicCounts {
-    /// Counts one frame written for `link`.
-    pub fn add(&mut self, link: &Arc<str>, kind: Kind, ts: i64) {
-        match self.links.get_mut(link) {
-            Some(c) => {
+    /// Counts one frame written for `link`, usually found at `hint`.
+    pub fn add(&mut self, hint: usize, link: &Arc<str>, kind: Kind, ts: i64) {
+        let at = match self.links.get(hint) {
+            Some((l, _)) if Arc::ptr_eq(l, link) => Some(hint),
+            _ => self.index.get(link).copied(),
+        };
+        match at {
+            Some(at) => {
+                let c = &mut self.links[at].1;
                 c.n += 1;
                 c.first_ts = c.first_ts.min(ts);
                 c.last_ts = c.last_ts.max(ts);
@@ -150,7 +160,8 @@ impl TopicCounts {
                     first_ts: ts,
                     last_ts: ts,
                 };
-                self.links.insert(link.clone(), c);
+                self.index.insert(link.clone(), self.links.len());
+                self.links.push((link.clone(), c));
             }
         }
     }
@@ -170,7 +181,8 @@ impl Tally {
             None => {
                 sets.push(TopicCounts {
                     keys: keys.clone(),
-                    links: HashMap::new(),
+                    links: Vec::new(),
+                    index: HashMap::new(),
                 });
                 sets.len() - 1
             }
@@ -190,7 +202,7 @@ impl Tally {
         keys: &Arc<[String]>,
         ts: i64,
     ) {
-        self.slot(topic, keys).add(link, kind, ts);
+        self.slot(topic, keys).add(usize::MAX, link, kind, ts);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -202,7 +214,7 @@ impl Tally {
         self.topics
             .values()
             .flatten()
-            .any(|s| s.links.keys().any(|l| pred(l)))
+            .any(|s| s.links.iter().any(|(l, _)| pred(l)))
     }
 
     /// Takes the counted disclosures as records, oldest first.
@@ -554,8 +566,10 @@ mod tests {
         let k1_again: Arc<[String]> = Arc::from(vec!["v".to_owned()]);
         let k2: Arc<[String]> = Arc::from(vec!["v".to_owned(), "w".to_owned()]);
         let slot = t.slot(&topic, &k1);
-        slot.add(&a, Kind::Alexa, 3);
-        slot.add(&b, Kind::Homekit, 4);
+        slot.add(0, &a, Kind::Alexa, 3);
+        slot.add(1, &b, Kind::Homekit, 4);
+        // A wrong position hint still finds the link.
+        slot.add(0, &b, Kind::Homekit, 2);
         // Same paths in another allocation: the same record.
         t.add(&a, Kind::Alexa, &topic, &k1_again, 1);
         t.add(&a, Kind::Alexa, &topic, &k2, 9);
@@ -583,7 +597,7 @@ mod tests {
             [
                 ("a".into(), v(&["v"]), 2, 1, 3),
                 ("a".into(), v(&["v", "w"]), 1, 9, 9),
-                ("b".into(), v(&["v"]), 1, 4, 4),
+                ("b".into(), v(&["v"]), 2, 2, 4),
             ]
         );
     }

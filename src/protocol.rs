@@ -522,9 +522,10 @@ pub fn encode_state(
     ts: i64,
     snapshot: bool,
 ) -> String {
-    // The envelope is 66 bytes with a 13-digit ts and the snapshot flag.
+    // The envelope: 76 bytes for a link frame with a 13-digit ts, 16 more
+    // with the snapshot flag; the rest is slack for escapes.
     let mut out = String::with_capacity(
-        72 + audience.map_or(0, str::len) + topic.len() + payload_len(&payload),
+        112 + audience.map_or(0, str::len) + topic.len() + payload_len(&payload),
     );
     out.push_str("{\"type\":\"state\",\"audience\":");
     match audience {

@@ -629,7 +629,7 @@ impl<'a> Session<'a> {
             return Ok(n);
         };
         let counts = self.tally.slot(&item.topic, &fan.keys);
-        for (i, link) in fan.ids.iter().enumerate() {
+        for (i, link) in fan.ids.iter().enumerate().skip(fan.from) {
             // The revocation check, made just before the write.
             let Some(kind) = self.w.registry.load().get(link).map(|l| l.kind) else {
                 continue;
@@ -643,16 +643,13 @@ impl<'a> Session<'a> {
             );
             let len = text.len() as u64;
             if let Err(e) = self.ws.feed(Message::Text(text)).await {
-                item.links = Some(crate::relay::Fanout {
-                    ids: fan.ids[i + 1..].to_vec(),
-                    ..fan
-                });
+                item.links = Some(crate::relay::Fanout { from: i + 1, ..fan });
                 self.carry.push(OutFrame::State(item));
                 return Err(e.into());
             }
             Stats::add(&self.w.stats.bytes_up, len);
             Stats::add(&self.w.stats.link_frames_up, 1);
-            counts.add(link, kind, item.ts);
+            counts.add(i, link, kind, item.ts);
             n += 1;
         }
         Ok(n)

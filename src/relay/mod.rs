@@ -106,8 +106,55 @@ pub struct Fanout {
     pub payload: Arc<str>,
     /// Its key paths, for the audit.
     pub keys: Arc<[String]>,
-    /// Links still to be written, in order.
-    pub ids: Vec<Arc<str>>,
+    /// The links exposing the topic (shared by every message of the topic
+    /// until the registry changes).
+    pub ids: LinkIds,
+    /// How many of `ids` were written already (a message handed back after
+    /// a failed write resumes there).
+    pub from: usize,
+}
+
+/// The links a message goes to, in registry order.
+pub type LinkIds = Arc<[Arc<str>]>;
+
+/// Most topics whose routes are remembered; past that the cache restarts.
+const ROUTE_CACHE_MAX: usize = 4096;
+
+/// The links each topic goes to, for one registry snapshot: matching every
+/// link's filters against the topic is done once per topic and snapshot,
+/// not once per message.
+#[derive(Default)]
+struct RouteCache {
+    /// The snapshot the routes were computed from (held, so its address
+    /// cannot be reused by a newer one).
+    snap: Option<Arc<crate::links::Snapshot>>,
+    /// `None`: no active link exposes the topic (or it holds an address).
+    routes: HashMap<Arc<str>, Option<LinkIds>>,
+}
+
+impl RouteCache {
+    fn get(&mut self, registry: &Registry, topic: &Arc<str>) -> Option<LinkIds> {
+        let current = registry.load();
+        if !self.snap.as_ref().is_some_and(|s| Arc::ptr_eq(s, &current)) {
+            self.snap = Some(arc_swap::Guard::into_inner(current));
+            self.routes.clear();
+        }
+        if let Some(r) = self.routes.get(topic) {
+            return r.clone();
+        }
+        let snap = self.snap.as_ref()?;
+        let ids: Vec<Arc<str>> = if crate::privacy::contains_email(topic) {
+            Vec::new() // a topic holding an address never goes to links
+        } else {
+            snap.routes(topic).map(|l| l.id.clone()).collect()
+        };
+        let r = (!ids.is_empty()).then(|| Arc::from(ids));
+        if self.routes.len() >= ROUTE_CACHE_MAX {
+            self.routes.clear();
+        }
+        self.routes.insert(topic.clone(), r.clone());
+        r
+    }
 }
 
 /// What the cloud task tells the relay.
@@ -187,6 +234,7 @@ struct Relay {
     pending: FuturesUnordered<Pending>,
     last_drop_warn: Option<Instant>,
     dropped_reported: u64,
+    routes: RouteCache,
     /// Links whose revocation is in the audit already (since start).
     audited_revokes: std::collections::HashSet<String>,
 }
@@ -209,6 +257,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         last_drop_warn: None,
         dropped_reported: 0,
         audited_revokes: Default::default(),
+        routes: RouteCache::default(),
     };
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
     let mut alive = tokio::time::interval(Duration::from_secs(1));
@@ -402,13 +451,8 @@ impl Relay {
     }
 
     /// The filtered payload for every active link exposing `topic`, if any.
-    fn fanout(&self, topic: &str, repr: PayloadRepr<'_>) -> Option<Fanout> {
-        let snap = self.w.registry.load();
-        let mut routes = snap.routes(topic).peekable();
-        routes.peek()?;
-        if crate::privacy::contains_email(topic) {
-            return None; // a topic holding an address never goes to links
-        }
+    fn fanout(&mut self, topic: &Arc<str>, repr: PayloadRepr<'_>) -> Option<Fanout> {
+        let ids = self.routes.get(&self.w.registry, topic)?;
         let value = match repr {
             PayloadRepr::Json(text) => serde_json::from_str(text).ok()?,
             PayloadRepr::Text(text) => serde_json::Value::String(text.to_owned()),
@@ -419,7 +463,8 @@ impl Relay {
         Some(Fanout {
             keys: Arc::from(crate::audit::key_paths(&filtered)),
             payload: Arc::from(filtered.to_string()),
-            ids: routes.map(|l| l.id.clone()).collect(),
+            ids,
+            from: 0,
         })
     }
 
@@ -447,8 +492,10 @@ impl Relay {
                 let snap = self.w.registry.load();
                 for mut f in unsent.into_iter().rev() {
                     if let OutFrame::State(item) = &mut f {
-                        if let Some(fan) = &mut item.links {
-                            fan.ids.retain(|l| snap.is_active(l));
+                        if let Some(fan) = &item.links {
+                            if !fan.ids[fan.from..].iter().any(|l| snap.is_active(l)) {
+                                item.links = None;
+                            }
                         }
                     }
                     self.unpop(f);
