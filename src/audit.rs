@@ -57,10 +57,10 @@ pub enum Record {
     /// `count` state frames on `topic` were written for `link`, carrying
     /// these key paths (never the values).
     Disclosure {
-        link: String,
+        link: Arc<str>,
         kind: Kind,
-        topic: String,
-        keys: Vec<String>,
+        topic: Arc<str>,
+        keys: Arc<[String]>,
         count: u64,
         first_ts: i64,
         last_ts: i64,
@@ -70,9 +70,8 @@ pub enum Record {
 impl Record {
     pub fn link(&self) -> &str {
         match self {
-            Record::Link { link, .. }
-            | Record::Revoke { link, .. }
-            | Record::Disclosure { link, .. } => link,
+            Record::Link { link, .. } | Record::Revoke { link, .. } => link,
+            Record::Disclosure { link, .. } => link,
         }
     }
 }
@@ -224,10 +223,10 @@ impl Tally {
             for set in sets {
                 for (link, c) in set.links {
                     out.push(Record::Disclosure {
-                        link: link.to_string(),
+                        link,
                         kind: c.kind,
-                        topic: topic.to_string(),
-                        keys: set.keys.to_vec(),
+                        topic: topic.clone(),
+                        keys: set.keys.clone(),
                         count: c.n,
                         first_ts: c.first_ts,
                         last_ts: c.last_ts,
@@ -250,12 +249,6 @@ pub enum AuditError {
     Io {
         path: PathBuf,
         source: std::io::Error,
-    },
-    #[error("audit file {path} line {line}: {source}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        source: serde_json::Error,
     },
 }
 
@@ -412,19 +405,36 @@ impl Writer {
 
 /// Appends records to the audit file at `path` and syncs it; returns the
 /// file's new length.
+///
+/// Records are serialised through a small buffer, not all at once: a flush
+/// of many links and topics stays a few kilobytes of memory. A line torn by
+/// a power cut during an earlier append is ended first, so it stays one bad
+/// line (skipped by [`read_all`]) instead of spoiling the next record.
 fn append_to(path: &Path, records: &[Record]) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
-    let mut buf = Vec::with_capacity(records.len() * 160);
-    for r in records {
-        serde_json::to_writer(&mut buf, r)?;
-        buf.push(b'\n');
-    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(&buf)?;
+    let torn = f.metadata()?.len() > 0 && {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        last[0] != b'\n'
+    };
+    let mut w = std::io::BufWriter::with_capacity(16 * 1024, &mut f);
+    if torn {
+        w.write_all(b"\n")?;
+    }
+    for r in records {
+        serde_json::to_writer(&mut w, r)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    drop(w);
     f.sync_data()?;
     f.metadata().map(|m| m.len())
 }
@@ -453,14 +463,23 @@ fn rotated_files(dir: &Path) -> Vec<(i64, PathBuf)> {
     out
 }
 
+/// Every audit record, oldest first, and the lines that could not be read.
+#[derive(Debug, Default)]
+pub struct Trail {
+    pub records: Vec<Record>,
+    /// `file line N: why`, for lines that are not a record (a line torn by
+    /// a power cut, a hand edit): reported, not fatal.
+    pub unreadable: Vec<String>,
+}
+
 /// Reads every audit record, oldest first, optionally for one link.
-pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Vec<Record>, AuditError> {
+pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Trail, AuditError> {
     let mut files: Vec<PathBuf> = rotated_files(state_dir)
         .into_iter()
         .map(|(_, p)| p)
         .collect();
     files.push(state_dir.join(AUDIT_FILE));
-    let mut out = Vec::new();
+    let mut out = Trail::default();
     for path in files {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -471,13 +490,12 @@ pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Vec<Record>, Aud
             if line.trim().is_empty() {
                 continue;
             }
-            let rec: Record = serde_json::from_str(line).map_err(|source| AuditError::Parse {
-                path: path.clone(),
-                line: i + 1,
-                source,
-            })?;
-            if link.is_none_or(|l| rec.link() == l) {
-                out.push(rec);
+            match serde_json::from_str::<Record>(line) {
+                Ok(rec) if link.is_none_or(|l| rec.link() == l) => out.records.push(rec),
+                Ok(_) => {}
+                Err(e) => out
+                    .unreadable
+                    .push(format!("{} line {}: {e}", path.display(), i + 1)),
             }
         }
     }
@@ -486,7 +504,10 @@ pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Vec<Record>, Aud
 
 /// The export document: every record plus a summary per link.
 pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value, AuditError> {
-    let records = read_all(state_dir, link)?;
+    let Trail {
+        records,
+        unreadable,
+    } = read_all(state_dir, link)?;
     let mut links: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
     for r in &records {
         let entry = links.entry(r.link().to_owned()).or_insert_with(
@@ -505,7 +526,7 @@ pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value,
                 entry["kind"] = serde_json::json!(kind);
                 let sent = entry["frames_sent"].as_u64().unwrap_or(0) + count;
                 entry["frames_sent"] = sent.into();
-                let t = &mut entry["topics"][topic.as_str()];
+                let t = &mut entry["topics"][&**topic];
                 let prev = t["frames"].as_u64().unwrap_or(0);
                 let mut all: Vec<String> = t["keys"]
                     .as_array()
@@ -522,7 +543,11 @@ pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value,
             }
         }
     }
-    Ok(serde_json::json!({"links": links, "records": records}))
+    let mut doc = serde_json::json!({"links": links, "records": records});
+    if !unreadable.is_empty() {
+        doc["unreadable"] = unreadable.into();
+    }
+    Ok(doc)
 }
 
 #[cfg(test)]
@@ -586,7 +611,7 @@ mod tests {
                     first_ts,
                     last_ts,
                     ..
-                } => (link, keys, count, first_ts, last_ts),
+                } => (link.to_string(), keys.to_vec(), count, first_ts, last_ts),
                 other => panic!("not a disclosure: {other:?}"),
             })
             .collect();
@@ -626,9 +651,44 @@ mod tests {
             "rotated past max_bytes"
         );
         let all = read_all(dir.path(), None).expect("read");
-        assert_eq!(all.len(), 5, "nothing lost across rotation");
+        assert_eq!(all.records.len(), 5, "nothing lost across rotation");
+        assert!(all.unreadable.is_empty(), "{:?}", all.unreadable);
         let one = export(dir.path(), Some("l3")).expect("export");
         assert_eq!(one["records"].as_array().map(Vec::len), Some(1));
         assert_eq!(one["links"]["l3"]["revoked"], true);
+        assert!(one.get("unreadable").is_none());
+    }
+
+    #[test]
+    fn a_torn_line_is_reported_and_the_next_records_are_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(AUDIT_FILE);
+        let rec = |i: i64| Record::Revoke {
+            ts: i,
+            link: format!("l{i}"),
+            kind: None,
+            origin: Origin::Cloud,
+        };
+        append_to(&path, &[rec(1)]).expect("first append");
+        // A power cut in the middle of the next append.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(br#"{"event":"revoke","ts":2,"li"#)
+            .expect("torn write");
+        drop(f);
+        append_to(&path, &[rec(3), rec(4)]).expect("append after the cut");
+        let trail = read_all(dir.path(), None).expect("read");
+        let links: Vec<&str> = trail.records.iter().map(Record::link).collect();
+        assert_eq!(links, ["l1", "l3", "l4"]);
+        assert_eq!(trail.unreadable.len(), 1, "{:?}", trail.unreadable);
+        assert!(
+            trail.unreadable[0].contains("line 2"),
+            "{:?}",
+            trail.unreadable
+        );
+        let doc = export(dir.path(), None).expect("export");
+        assert_eq!(doc["unreadable"].as_array().map(Vec::len), Some(1));
     }
 }

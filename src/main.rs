@@ -217,7 +217,12 @@ async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter
             command: AuditCommand::Export { config, link },
         } => match load_config(&config.config) {
             Ok(cfg) => hearthlink::audit::export(&cfg.state_dir, link.as_deref())
-                .map(|doc| println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))
+                .map(|doc| {
+                    for line in doc["unreadable"].as_array().into_iter().flatten() {
+                        eprintln!("warning: skipped {}", line.as_str().unwrap_or_default());
+                    }
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                })
                 .context("exporting the audit trail"),
             Err(code) => return code,
         },
