@@ -175,7 +175,12 @@ pub fn topic(seq: u64) -> String {
 
 /// The number after `key` in `text` (`"seq":` -> 17).
 pub fn field(text: &str, key: &str) -> Option<u64> {
-    let at = text.find(key)? + key.len();
+    // Keys sit near the start: a plain scan beats building a searcher.
+    let at = text
+        .as_bytes()
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())?
+        + key.len();
     let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
     text[at..at + digits].parse().ok()
 }
