@@ -208,14 +208,6 @@ impl Tally {
         self.topics.is_empty()
     }
 
-    /// Whether `pred` holds for a link counted here.
-    pub fn any_link(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
-        self.topics
-            .values()
-            .flatten()
-            .any(|s| s.links.iter().any(|(l, _)| pred(l)))
-    }
-
     /// Takes the counted disclosures as records, oldest first.
     pub fn drain(&mut self) -> Vec<Record> {
         let mut out = Vec::new();
@@ -598,8 +590,6 @@ mod tests {
         // Same paths in another allocation: the same record.
         t.add(&a, Kind::Alexa, &topic, &k1_again, 1);
         t.add(&a, Kind::Alexa, &topic, &k2, 9);
-        assert!(t.any_link(|l| l == "b"));
-        assert!(!t.any_link(|l| l == "c"));
         let mut recs: Vec<(String, Vec<String>, u64, i64, i64)> = t
             .drain()
             .into_iter()

@@ -116,6 +116,12 @@ impl Snapshot {
         self.revoked.values()
     }
 
+    /// How many links were ever revoked (tombstones are kept forever, so
+    /// this only grows).
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
+    }
+
     /// Active links whose `expose` filters match `topic`.
     pub fn routes<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Arc<Link>> + 'a {
         self.active.iter().filter(move |l| l.expose.matches(topic))

@@ -15,9 +15,9 @@
 //! the registry just before it is written, so nothing queued for that link
 //! slips out behind the revocation. Disclosures are counted for the audit
 //! only once actually written, and handed to the audit task every
-//! `audit.flush_s`, right after a `revoke` is read, once a second when a
-//! counted link was revoked elsewhere (control socket), and when the
-//! session ends.
+//! `audit.flush_s`, within a second of a revocation (not at once: the
+//! revocation's own durable write goes first, without an audit fsync
+//! competing for the disk), and when the session ends.
 
 pub mod tls;
 
@@ -286,6 +286,8 @@ struct Session<'a> {
     errors_window: (Instant, u32),
     tally: Tally,
     tally_since: Instant,
+    /// Revocations known at the last audit flush.
+    tally_revoked: usize,
     told_relay_up: bool,
     /// Frames taken from the outbox but not written when the link failed.
     carry: Vec<OutFrame>,
@@ -304,6 +306,7 @@ enum Step {
 impl<'a> Session<'a> {
     fn new(w: &'a mut Wiring, ws: Ws) -> Self {
         let heartbeat = Duration::from_secs(w.cfg.heartbeat_s);
+        let tally_revoked = w.registry.load().revoked_count();
         Session {
             w,
             ws,
@@ -313,6 +316,7 @@ impl<'a> Session<'a> {
             errors_window: (Instant::now(), 0),
             tally: Tally::default(),
             tally_since: Instant::now(),
+            tally_revoked,
             told_relay_up: false,
             carry: Vec::new(),
             snapshots: HashMap::new(),
@@ -403,13 +407,10 @@ impl<'a> Session<'a> {
     }
 
     /// Once a second: hand the audit its counts when they are due (or a
-    /// counted link was revoked meanwhile), take reloaded settings.
+    /// link was revoked meanwhile), take reloaded settings.
     async fn every_second(&mut self) -> Step {
-        let due = self.tally_since.elapsed() >= self.w.audit_every || {
-            let snap = self.w.registry.load();
-            self.tally.any_link(|l| !snap.is_active(l))
-        };
-        if due {
+        let revoked = self.w.registry.load().revoked_count();
+        if self.tally_since.elapsed() >= self.w.audit_every || revoked != self.tally_revoked {
             self.flush_audit().await;
         }
         if self.w.cfg_rx.has_changed().unwrap_or(false)
@@ -520,8 +521,6 @@ impl<'a> Session<'a> {
             self.w
                 .registry
                 .revoke(link_id, Origin::Cloud, self.w.clock.now_ms());
-            // What the link was sent up to its revocation, on record now.
-            self.flush_audit().await;
         }
         self.tell_relay(CloudEvent::Frame(frame)).await
     }
@@ -657,6 +656,7 @@ impl<'a> Session<'a> {
 
     async fn flush_audit(&mut self) {
         self.tally_since = Instant::now();
+        self.tally_revoked = self.w.registry.load().revoked_count();
         if !self.tally.is_empty() {
             self.w.audit.record(self.tally.drain()).await;
         }
