@@ -237,6 +237,12 @@ struct Task {
     ready_sent: bool,
 }
 
+/// What the loop does after an event.
+enum Flow {
+    Continue,
+    Stop,
+}
+
 impl Task {
     async fn run(mut self, token: CancellationToken) {
         let mut backoff = Backoff::new(MAX_BACKOFF);
@@ -256,40 +262,8 @@ impl Task {
                 }
                 ev = self.eventloop.poll() => ev,
             };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    up_since = Some(Instant::now());
-                    self.on_connected();
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let msg = Incoming {
-                        topic: p.topic,
-                        payload: p.payload,
-                        ts: self.w.clock.now_ms(),
-                    };
-                    tokio::select! {
-                        _ = &mut cancelled => break,
-                        r = self.w.to_relay.send(msg) => if r.is_err() { break },
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(tx) = self.shared.lock().by_pkid.remove(&ack.pkid) {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let mut inner = self.shared.lock();
-                    match inner.queued.pop_front() {
-                        Some((QoS::AtMostOnce, Some(tx))) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                        Some((_, Some(tx))) => {
-                            inner.by_pkid.insert(pkid, tx);
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(_) => {}
+            let mut flow = match ev {
+                Ok(ev) => self.on_event(ev, &mut up_since, cancelled.as_mut()).await,
                 Err(e) => {
                     let lived = up_since.take().map(|t| t.elapsed()).unwrap_or_default();
                     self.on_disconnected(&e.to_string());
@@ -297,13 +271,76 @@ impl Task {
                         .next_delay(lived, jitter())
                         .max(Duration::from_millis(100));
                     tokio::select! {
-                        _ = &mut cancelled => break,
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut cancelled => Flow::Stop,
+                        _ = tokio::time::sleep(delay) => Flow::Continue,
                     }
                 }
+            };
+            // One read from the broker socket often brings several packets:
+            // rumqttc has parsed them already. Take them here, in order,
+            // without another pass through `select!` (what `poll` would
+            // return next, minus its per-call timers and allocation).
+            while let (Flow::Continue, Some(ev)) = (&flow, self.eventloop.state.events.pop_front())
+            {
+                flow = self.on_event(ev, &mut up_since, cancelled.as_mut()).await;
+            }
+            if let Flow::Stop = flow {
+                break;
             }
         }
         self.shutdown().await;
+    }
+
+    /// Handles one event of the broker connection.
+    async fn on_event(
+        &mut self,
+        ev: Event,
+        up_since: &mut Option<Instant>,
+        cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Flow {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                *up_since = Some(Instant::now());
+                self.on_connected();
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let msg = Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                    ts: self.w.clock.now_ms(),
+                };
+                // The relay usually has room: no wait, no `select!`.
+                match self.w.to_relay.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
+                    Err(mpsc::error::TrySendError::Full(msg)) => {
+                        tokio::select! {
+                            _ = cancelled => return Flow::Stop,
+                            r = self.w.to_relay.send(msg) => if r.is_err() { return Flow::Stop },
+                        }
+                    }
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(tx) = self.shared.lock().by_pkid.remove(&ack.pkid) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut inner = self.shared.lock();
+                match inner.queued.pop_front() {
+                    Some((QoS::AtMostOnce, Some(tx))) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    Some((_, Some(tx))) => {
+                        inner.by_pkid.insert(pkid, tx);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        Flow::Continue
     }
 
     /// New broker settings: drop the connection and start over with them.

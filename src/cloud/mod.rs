@@ -303,6 +303,32 @@ enum Step {
     Stop(Result<(), CloudError>),
 }
 
+/// The session's one periodic timer and what is due when.
+struct Timers {
+    /// Ticks every quarter heartbeat (50 ms to 1 s).
+    tick: tokio::time::Interval,
+    /// The heartbeat these were made for.
+    heartbeat: Duration,
+    next_ping: Instant,
+    next_second: Instant,
+}
+
+impl Timers {
+    fn new(heartbeat: Duration) -> Self {
+        let period = dead_check_period(heartbeat);
+        let start = tokio::time::Instant::now() + period;
+        let mut tick = tokio::time::interval_at(start, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = Instant::now();
+        Timers {
+            tick,
+            heartbeat,
+            next_ping: now + heartbeat,
+            next_second: now + Duration::from_secs(1),
+        }
+    }
+}
+
 impl<'a> Session<'a> {
     fn new(w: &'a mut Wiring, ws: Ws) -> Self {
         let heartbeat = Duration::from_secs(w.cfg.heartbeat_s);
@@ -351,24 +377,18 @@ impl<'a> Session<'a> {
     async fn run(&mut self, token: &CancellationToken) -> Result<(), CloudError> {
         self.send_text(protocol::encode_hello(&self.w.gateway_id))
             .await?;
-        // Timers live across iterations: nothing is registered or removed
-        // per frame on the hot path.
+        // One timer, living across iterations, drives the ping, the
+        // liveness check and the once-a-second work: nothing is registered
+        // or removed per frame, and the hot path polls one timer, not three.
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
         let welcome_timer = tokio::time::sleep(WELCOME_TIMEOUT);
         tokio::pin!(welcome_timer);
-        let mut ping = tokio::time::interval(self.heartbeat);
-        ping.reset();
-        let mut dead_check = tokio::time::interval(dead_check_period(self.heartbeat));
-        let mut ping_every = self.heartbeat;
-        let mut second = tokio::time::interval(Duration::from_secs(1));
+        let mut timers = Timers::new(self.heartbeat);
         loop {
-            if ping_every != self.heartbeat {
+            if timers.heartbeat != self.heartbeat {
                 // `welcome` set another heartbeat.
-                ping_every = self.heartbeat;
-                ping = tokio::time::interval(ping_every);
-                ping.reset();
-                dead_check = tokio::time::interval(dead_check_period(ping_every));
+                timers = Timers::new(self.heartbeat);
             }
             // Biased, in this order: timers (cheap to poll, and a flood
             // must not starve the heartbeat), then acks and other priority
@@ -377,22 +397,11 @@ impl<'a> Session<'a> {
             let step = tokio::select! {
                 biased;
                 _ = &mut cancelled => Step::Stop(Ok(())),
-                _ = ping.tick() => match self.ws.send(Message::Ping(Vec::new())).await {
-                    Ok(()) => Step::Continue,
-                    Err(e) => Step::Stop(Err(e.into())),
-                },
+                now = timers.tick.tick() => self.on_tick(&mut timers, now.into_std()).await,
                 _ = &mut welcome_timer, if self.up_since.is_none() => {
                     let _ = self.close(CloseCode::Protocol, "welcome expected").await;
                     Step::Stop(Err(CloudError::NoWelcome))
                 }
-                _ = dead_check.tick() => {
-                    if self.last_rx.elapsed() >= self.heartbeat * 2 {
-                        Step::Stop(Err(CloudError::Dead(self.heartbeat * 2)))
-                    } else {
-                        Step::Continue
-                    }
-                }
-                _ = second.tick() => self.every_second().await,
                 Some(f) = self.w.priority.recv(), if self.told_relay_up => self.write_batch(f).await,
                 msg = self.ws.next() => self.on_message(msg).await,
                 Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
@@ -404,6 +413,25 @@ impl<'a> Session<'a> {
                 return r;
             }
         }
+    }
+
+    /// A tick: ping when one is due, drop a silent link, and once a second
+    /// the housekeeping of [`Session::every_second`].
+    async fn on_tick(&mut self, t: &mut Timers, now: Instant) -> Step {
+        if now >= t.next_ping {
+            t.next_ping = now + self.heartbeat;
+            if let Err(e) = self.ws.send(Message::Ping(Vec::new())).await {
+                return Step::Stop(Err(e.into()));
+            }
+        }
+        if self.last_rx.elapsed() >= self.heartbeat * 2 {
+            return Step::Stop(Err(CloudError::Dead(self.heartbeat * 2)));
+        }
+        if now >= t.next_second {
+            t.next_second = now + Duration::from_secs(1);
+            return self.every_second().await;
+        }
+        Step::Continue
     }
 
     /// Once a second: hand the audit its counts when they are due (or a

@@ -59,6 +59,10 @@ pub const PRIORITY_CAPACITY: usize = 1024;
 /// idempotency window answers again).
 const CONTROL_QUEUE_MAX: usize = 50_000;
 
+/// Most broker messages handled in one loop turn before the other event
+/// sources get a look in.
+const STATE_DRAIN: usize = 64;
+
 /// One frame or group of frames for the cloud writer.
 ///
 /// Acks, errors, `revoked` and snapshots travel on the priority channel and
@@ -259,8 +263,10 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         audited_revokes: Default::default(),
         routes: RouteCache::default(),
     };
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
-    let mut alive = tokio::time::interval(Duration::from_secs(1));
+    // One timer: a tick a second keeps the watchdog's progress moving on
+    // an idle relay, and every 60th runs the housekeeping.
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut seconds: u64 = 0;
     let cancelled = token.cancelled();
     tokio::pin!(cancelled);
     loop {
@@ -275,8 +281,13 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             Some(msg) = r.w.from_mqtt.recv() => Event::State(msg),
             Some(permit) = room(&r.w.priority, control_backlog) => Event::Room(permit, true),
             Some(permit) = room(&r.w.outbox, state_backlog) => Event::Room(permit, false),
-            _ = housekeeping.tick() => Event::Housekeeping,
-            _ = alive.tick() => continue,
+            _ = second.tick() => {
+                seconds += 1;
+                if !seconds.is_multiple_of(60) {
+                    continue;
+                }
+                Event::Housekeeping
+            }
         };
         // A reload that landed while we waited applies to this very event.
         if r.w.settings.has_changed().unwrap_or(false) {
@@ -286,7 +297,17 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             Event::Cloud(ev) => r.on_cloud(ev),
             Event::Done(done) => r.on_completion(done),
             Event::Control(req) => r.on_control(req),
-            Event::State(msg) => r.on_state(msg),
+            Event::State(msg) => {
+                r.on_state(msg);
+                // Take the messages that queued behind it in the same turn,
+                // without a pass through `select!` for each.
+                for _ in 1..STATE_DRAIN {
+                    match r.w.from_mqtt.try_recv() {
+                        Ok(msg) => r.on_state(msg),
+                        Err(_) => break,
+                    }
+                }
+            }
             Event::Room(permit, control) => {
                 let next = if control {
                     r.control.pop_front()
