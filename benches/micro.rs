@@ -46,6 +46,10 @@ fn protocol_group(c: &mut Criterion) {
     g.bench_function("classify_payload_200B", |b| {
         b.iter(|| PayloadRepr::classify(black_box(SENSOR.as_bytes())))
     });
+    // The serde pass `classify` used before the scan, for comparison.
+    g.bench_function("serde_ignored_any_200B", |b| {
+        b.iter(|| serde_json::from_str::<serde::de::IgnoredAny>(black_box(SENSOR)).is_ok())
+    });
     g.bench_function("encode_state_app_200B", |b| {
         b.iter(|| {
             protocol::encode_state(

@@ -499,11 +499,13 @@ pub enum PayloadRepr<'a> {
 }
 
 impl<'a> PayloadRepr<'a> {
-    /// Classifies an MQTT payload (section 3, `payload`).
+    /// Classifies an MQTT payload (section 3, `payload`). JSON is what the
+    /// cloud's strict parse accepts (edge rule 4), so an embedded payload
+    /// never makes the frame invalid.
     pub fn classify(bytes: &'a [u8]) -> Self {
         match std::str::from_utf8(bytes) {
             Ok(text) => {
-                if serde_json::from_str::<de::IgnoredAny>(text).is_ok() {
+                if json::is_strict_json(text) {
                     PayloadRepr::Json(text)
                 } else {
                     PayloadRepr::Text(text)
@@ -623,5 +625,6 @@ pub fn encode_revoked(link_id: &str, ts: i64) -> String {
         .to_string()
 }
 
+pub mod json;
 #[cfg(test)]
 mod tests;
