@@ -10,4 +10,5 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto
   fi
 fi
-cargo test "$@"
+# --all-features: the demo (an opt-in feature) is tested too.
+cargo test --all-features "$@"

@@ -4,10 +4,11 @@
 //! One task owns the file. Disclosures are counted by the cloud writer at
 //! the moment a frame is written (so a frame dropped by a revocation is
 //! never counted) in a [`Tally`] keyed by (link, topic, keys sent), and
-//! handed to the task every `audit.flush_s` seconds (and at once when a
-//! link is revoked, the cloud link drops or the daemon stops) as one record
-//! per key with a count and the first and last `ts`: an assistant linked to
-//! a busy topic would otherwise cost a flash write per message. Values are
+//! handed to the task every `audit.flush_s` seconds (within a second of a
+//! link's revocation, at once when the cloud link drops or the daemon
+//! stops) as one record per key with a count and the first and last `ts`:
+//! an assistant linked to a busy topic would otherwise cost a flash write
+//! per message. Values are
 //! never recorded, only key paths.
 //!
 //! The file is rotated past `audit.max_file_bytes` and once a day; rotated

@@ -72,6 +72,13 @@ enum Command {
     /// Run a self-contained demo: in-process broker, local TLS cloud, the real daemon.
     #[cfg(feature = "demo")]
     Demo(hearthlink::demo::DemoArgs),
+    /// Present in gateway builds only to say how to get the demo.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,6 +248,14 @@ async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter
         },
         #[cfg(feature = "demo")]
         Command::Demo(args) => hearthlink::demo::run(args).await.context("demo"),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "error: this hearthlink is the gateway build, without the demo; \
+                 run it with `cargo run --release --features demo -- demo`"
+            );
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
