@@ -309,9 +309,12 @@ impl Task {
                     payload: p.payload,
                     ts: self.w.clock.now_ms(),
                 };
-                // The relay usually has room: no wait, no `select!`.
+                // The relay usually has room: no wait, no `select!`. The
+                // cooperative budget is spent as `send` would spend it, so
+                // a burst from the broker yields to the relay and the
+                // cloud writer (same thread) every so often.
                 match self.w.to_relay.try_send(msg) {
-                    Ok(()) => {}
+                    Ok(()) => tokio::task::coop::consume_budget().await,
                     Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
                     Err(mpsc::error::TrySendError::Full(msg)) => {
                         tokio::select! {

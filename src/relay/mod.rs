@@ -300,10 +300,16 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             Event::State(msg) => {
                 r.on_state(msg);
                 // Take the messages that queued behind it in the same turn,
-                // without a pass through `select!` for each.
+                // without a pass through `select!` for each. Each spends
+                // the task's cooperative budget, as `recv` would: the
+                // cloud writer (same thread) must get its turn in a burst,
+                // or the outbox fills and values are coalesced away.
                 for _ in 1..STATE_DRAIN {
                     match r.w.from_mqtt.try_recv() {
-                        Ok(msg) => r.on_state(msg),
+                        Ok(msg) => {
+                            r.on_state(msg);
+                            tokio::task::coop::consume_budget().await;
+                        }
                         Err(_) => break,
                     }
                 }
