@@ -167,27 +167,19 @@ impl<'a> Scan<'a> {
         loop {
             self.ws();
             match self.peek().ok_or(Verdict::Invalid)? {
-                b'{' => {
+                c @ (b'{' | b'[') => {
+                    let object = c == b'{';
                     self.i += 1;
-                    self.open(true)?;
+                    self.open(object)?;
                     self.ws();
-                    if self.peek() == Some(b'}') {
+                    if self.peek() == Some(if object { b'}' } else { b']' }) {
                         self.i += 1;
                         self.close();
                     } else {
-                        self.member_name()?;
-                        continue; // its value
-                    }
-                }
-                b'[' => {
-                    self.i += 1;
-                    self.open(false)?;
-                    self.ws();
-                    if self.peek() == Some(b']') {
-                        self.i += 1;
-                        self.close();
-                    } else {
-                        continue; // the first element
+                        if object {
+                            self.member_name()?;
+                        }
+                        continue; // the first member's value or element
                     }
                 }
                 b'"' => {
