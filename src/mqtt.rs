@@ -280,8 +280,10 @@ impl Task {
             // rumqttc has parsed them already. Take them here, in order,
             // without another pass through `select!` (what `poll` would
             // return next, minus its per-call timers and allocation).
-            while let (Flow::Continue, Some(ev)) = (&flow, self.eventloop.state.events.pop_front())
-            {
+            while let Flow::Continue = flow {
+                let Some(ev) = self.eventloop.state.events.pop_front() else {
+                    break;
+                };
                 flow = self.on_event(ev, &mut up_since, cancelled.as_mut()).await;
             }
             if let Flow::Stop = flow {

@@ -18,19 +18,18 @@
 //! are not finite, duplicate member names. Such a payload was embedded raw
 //! and made the whole frame invalid; now it travels as a string.
 //!
-//! Two rare cases are handed to the parser instead of being decided here:
-//! a number with an exponent or over 300 characters (is it finite?), and an
-//! object with more than [`LINEAR_KEYS`] members or open objects holding
-//! more than [`KEYS_MAX`] names together (duplicates are found by comparing
-//! each name with the earlier ones, quadratic past that), and a member name
-//! written with an escape next to others (`"a"` and `"\u0061"` are one name).
+//! Three rare cases are handed to the parser instead of being decided here:
+//! a number with an exponent or over 300 characters (is it finite?); more
+//! than [`KEYS_MAX`] member names in the open objects together (duplicates
+//! are found by comparing each name with the earlier ones of its object,
+//! quadratic past that); and a member name written with an escape next to
+//! others (`"a"` and `"\u0061"` are one name).
 
 /// Deepest nesting of arrays and objects that is accepted (serde_json's
 /// recursion limit, which [`super::parse_strict`] applies).
 const MAX_DEPTH: usize = 127;
-/// Most members of one object whose names are compared pairwise.
-const LINEAR_KEYS: usize = 32;
-/// Most member names held for all open objects together.
+/// Most member names held for all open objects together (each is compared
+/// with the earlier names of its object).
 const KEYS_MAX: usize = 32;
 
 /// What the scan could not settle by itself.
@@ -260,10 +259,7 @@ impl<'a> Scan<'a> {
         }
         let start = usize::from(self.starts[self.depth - 1]);
         let earlier = &self.keys[start..self.nkeys];
-        if earlier.len() >= LINEAR_KEYS
-            || self.nkeys == KEYS_MAX
-            || (self.escaped_name && !earlier.is_empty())
-        {
+        if self.nkeys == KEYS_MAX || (self.escaped_name && !earlier.is_empty()) {
             // Rare: many members, or names that may be spelt two ways.
             return Err(Verdict::Ask);
         }
