@@ -10,7 +10,9 @@
 //! TLS bridge -> mosquitto B), `hearthlink-up` (mosquitto -> hearthlink ->
 //! TLS websocket sink), `hearthlink-down` (sink `command` -> hearthlink ->
 //! mosquitto -> subscriber), `hearthlink-links` (up with N links exposing
-//! the topic), plus `revoke` (revoke-to-ack under a flood with N links).
+//! the topic), `naive-relay` (the up path with the reference, a
+//! naive rumqttc-into-tungstenite relay, in hearthlink's place: see
+//! [`naive`]), plus `revoke` (revoke-to-ack under a flood with N links).
 //!
 //! Everything runs on free loopback ports and is stopped afterwards. The
 //! daemon is the release binary cargo built for this bench
@@ -23,6 +25,7 @@
 //! - [`certs`]: the generated CA and server certificate.
 //! - [`load`]: schedule (timerfd ticks), payloads, MQTT clients.
 //! - [`sink`]: the TLS websocket cloud end.
+//! - [`naive`]: the naive relay, run as a child of this binary.
 //! - [`record`]: what the receiving end saw.
 //! - [`rig`]: one path set up, one step measured.
 //! - [`scenarios`]: the revocation test and saturation search.
@@ -30,6 +33,7 @@
 
 mod certs;
 mod load;
+mod naive;
 mod procs;
 mod record;
 mod report;
@@ -143,6 +147,15 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(naive::FLAG) {
+        // The child process of the `naive-relay` path.
+        if let Err(e) = naive::main(&argv[2..]) {
+            eprintln!("naive relay: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

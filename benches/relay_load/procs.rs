@@ -249,6 +249,24 @@ command_burst = 10000000
     .map_err(|e| format!("starting {}: {e}", bin.display()))
 }
 
+/// Starts the naive relay: this bench binary again, with [`crate::naive::FLAG`].
+pub fn naive_relay(s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
+    let token_file = s.dir.join("token");
+    write_private(&token_file, s.token)?;
+    let exe = std::env::current_exe().map_err(|e| format!("the bench's own path: {e}"))?;
+    Proc::spawn(
+        "naive",
+        Command::new(exe)
+            .arg(crate::naive::FLAG)
+            .arg(s.mqtt_port.to_string())
+            .arg(s.cloud_port.to_string())
+            .arg(s.ca_file)
+            .arg(&token_file),
+        s.dir.join("naive.log"),
+    )
+    .map_err(|e| format!("starting the naive relay: {e}"))
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

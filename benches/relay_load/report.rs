@@ -129,6 +129,7 @@ fn short(name: &str) -> &str {
         "mosquitto-a" => "a",
         "mosquitto-b" => "b",
         "hearthlink" => "hl",
+        "naive" => "nv",
         other => other,
     }
 }
@@ -225,25 +226,33 @@ pub fn rows(results: &[StepResult]) -> String {
     out
 }
 
-/// Ratios hearthlink-up / bridge-q0 and hearthlink-up / direct per rate.
+/// Ratios hearthlink-up / bridge-q0, / direct and / naive-relay per rate,
+/// and the naive relay's own against the bridge (the reference).
 pub fn ratios(results: &[StepResult]) -> String {
     let mut out = String::new();
     let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
     let mut rates: Vec<f64> = results.iter().map(|r| r.rate).collect();
     rates.sort_by(f64::total_cmp);
     rates.dedup();
+    let pairs = [
+        ("hearthlink-up", "bridge-q0"),
+        ("hearthlink-up", "direct"),
+        ("hearthlink-up", "naive-relay"),
+        ("naive-relay", "bridge-q0"),
+    ];
     for rate in rates {
-        let Some(up) = find("hearthlink-up", rate) else {
-            continue;
-        };
-        for base in ["bridge-q0", "direct"] {
-            let Some(b) = find(base, rate) else { continue };
+        for (path, base) in pairs {
+            let (Some(up), Some(b)) = (find(path, rate), find(base, rate)) else {
+                continue;
+            };
             let q = |a: u64, b: u64| a as f64 / (b.max(1) as f64);
-            let gw_cpu = up.cpu_of(&["mosquitto", "hearthlink"]);
-            let base_cpu = b.cpu_of(&["mosquitto-a", "mosquitto"]);
+            // The gateway side: the broker the load enters, plus the relay.
+            let gateway = ["mosquitto-a", "mosquitto", "hearthlink", "naive"];
+            let gw_cpu = up.cpu_of(&gateway);
+            let base_cpu = b.cpu_of(&gateway);
             let _ = writeln!(
                 out,
-                "hearthlink-up/{base:<9} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
+                "{path:>13}/{base:<11} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
                 q(up.latency_us.p50, b.latency_us.p50),
                 q(up.latency_us.p90, b.latency_us.p90),
                 q(up.latency_us.p99, b.latency_us.p99),

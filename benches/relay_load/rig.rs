@@ -25,20 +25,25 @@ use crate::sink::Sink;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
     Direct,
-    Bridge { qos: u8 },
+    Bridge {
+        qos: u8,
+    },
     Up,
     Down,
     Links,
+    /// The naive relay (see [`crate::naive`]) in hearthlink's place.
+    Naive,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 6] = [
+    pub const ALL: [PathKind; 7] = [
         PathKind::Direct,
         PathKind::Bridge { qos: 0 },
         PathKind::Bridge { qos: 1 },
         PathKind::Up,
         PathKind::Down,
         PathKind::Links,
+        PathKind::Naive,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +54,7 @@ impl PathKind {
             PathKind::Up => "hearthlink-up",
             PathKind::Down => "hearthlink-down",
             PathKind::Links => "hearthlink-links",
+            PathKind::Naive => "naive-relay",
         }
     }
 }
@@ -142,7 +148,7 @@ impl Rig {
                     size: opts.payload,
                 }
             }
-            PathKind::Up | PathKind::Down | PathKind::Links => {
+            PathKind::Up | PathKind::Down | PathKind::Links | PathKind::Naive => {
                 let certs = Certs::generate(d)?;
                 let p = procs::free_port().map_err(io)?;
                 procs.push(procs::mosquitto(
@@ -159,7 +165,11 @@ impl Rig {
                     ca_file: &certs.ca_file,
                     token: &s.token,
                 };
-                procs.push(procs::hearthlink(&opts.bin, &setup)?);
+                procs.push(if kind == PathKind::Naive {
+                    procs::naive_relay(&setup)?
+                } else {
+                    procs::hearthlink(&opts.bin, &setup)?
+                });
                 if let Err(e) = s.wait_hello(STARTUP).await {
                     return Err(hearthlink_failed(&mut procs, e));
                 }
@@ -190,7 +200,9 @@ impl Rig {
                     }
                 };
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                idle = procs.last().map(Proc::idle_mem);
+                if kind != PathKind::Naive {
+                    idle = procs.last().map(Proc::idle_mem);
+                }
                 if kind == PathKind::Links {
                     s.add_links(opts.links).await?;
                     if let Ok(mut r) = rec.lock() {
