@@ -8,28 +8,48 @@
 //! RFC 8259 JSON with at most 127 nested containers, no lone surrogate
 //! escapes, numbers that are finite as f64, and no duplicate member names.
 //! That parser builds a `Value` (an allocation per member); this scan
-//! never allocates (fixed arrays for nesting and member names) and skips
-//! string content eight bytes at a time. The two are checked against each
-//! other over generated inputs (`tests/json_scan_props.rs`).
+//! never allocates (fixed arrays for nesting and member names, kept per
+//! thread) and skips string content eight bytes at a time. The two are
+//! checked against each other over generated inputs
+//! (`tests/json_scan_props.rs`).
 //!
-//! It replaced a serde `IgnoredAny` pass, which is faster (160 ns against
-//! about 255 ns for the 200-byte sensor payload of `benches/micro.rs`) but
-//! accepted what the cloud refuses: lone surrogate escapes, numbers that
-//! are not finite, duplicate member names. Such a payload was embedded raw
-//! and made the whole frame invalid; now it travels as a string.
+//! Duplicate member names are found with a 64-bit mask per open object.
+//! Each name stands for two bits of it (`name_bits`: a hash of its first
+//! eight bytes and, for longer names, of its length and last byte), and a
+//! name is compared with the earlier names of its object only when both of
+//! its bits are already set. Different names seldom take the same two bits
+//! (about 0.4 false alarms in all for an object of 12 names), so a name
+//! costs a hash and a test rather than a comparison with each earlier one.
+//! The names are held too (position, length and the object's mask up to
+//! them): for those comparisons, and to give an object its mask back when
+//! an object that is the value of one of its members closes.
 //!
-//! Three rare cases are handed to the parser instead of being decided here:
-//! a number with an exponent or over 300 characters (is it finite?); more
-//! than [`KEYS_MAX`] member names in the open objects together (duplicates
-//! are found by comparing each name with the earlier ones of its object,
-//! quadratic past that); and a member name written with an escape next to
-//! others (`"a"` and `"\u0061"` are one name).
+//! It replaced a serde `IgnoredAny` pass, which accepted what the cloud
+//! refuses: lone surrogate escapes, numbers that are not finite, duplicate
+//! member names. Such a payload was embedded raw and made the whole frame
+//! invalid; now it travels as a string. (That pass was the faster at
+//! first; for the 200-byte sensor payload of `benches/micro.rs` the scan
+//! now takes about 100 ns against its 130 ns.)
+//!
+//! Rare cases are handed to the parser instead of being decided here: a
+//! number with an exponent or over 300 characters (is it finite?); more
+//! than [`KEYS_MAX`] member names in the open objects together; a member
+//! name written with an escape in an object with other names (`"a"` and
+//! `"\u0061"` are one name); and a text of 4 GiB or more. Two of these
+//! changed with the mask, to keep tests off the path of every name:
+//! - An escaped name is asked about at once if its object has earlier
+//!   names; if not, it sets every bit of the object's mask, so that each
+//!   later name of the object reaches the comparison, which asks instead.
+//!   (Before, each name was tested for an escaped name anywhere before it
+//!   in the text, and asked about then.)
+//! - The 4 GiB case is new: names are held by position, as `u32`, in
+//!   arrays kept per thread (which cannot borrow the text), so that a
+//!   call does not clear them first.
 
 /// Deepest nesting of arrays and objects that is accepted (serde_json's
 /// recursion limit, which [`super::parse_strict`] applies).
 const MAX_DEPTH: usize = 127;
-/// Most member names held for all open objects together (each is compared
-/// with the earlier names of its object).
+/// Most member names held for all open objects together.
 const KEYS_MAX: usize = 32;
 
 /// What the scan could not settle by itself.
@@ -43,25 +63,80 @@ enum Verdict {
 /// True when `text` is one JSON value (with optional surrounding white
 /// space) that [`super::parse_strict`] accepts.
 pub fn is_strict_json(text: &str) -> bool {
-    match Scan::new(text.as_bytes()).document() {
+    if u32::try_from(text.len()).is_err() {
+        return super::parse_strict(text).is_ok(); // see `Key`
+    }
+    let verdict = HELD.with(|held| match held.try_borrow_mut() {
+        Ok(mut held) => Scan::new(text.as_bytes(), &mut held).document(),
+        Err(_) => Verdict::Ask, // not reached: the scan does not call back here
+    });
+    match verdict {
         Verdict::Valid => true,
         Verdict::Invalid => false,
         Verdict::Ask => super::parse_strict(text).is_ok(),
     }
 }
 
-struct Scan<'a> {
+thread_local! {
+    /// Each thread's arrays, reused from call to call so that a call does
+    /// not clear 770 bytes first: the scan writes each entry before it
+    /// reads it.
+    static HELD: std::cell::RefCell<Held> = const {
+        std::cell::RefCell::new(Held {
+            keys: [Key {
+                start: 0,
+                len: 0,
+                mask: 0,
+            }; KEYS_MAX],
+            outer: [Outer {
+                in_object: false,
+                first: 0,
+            }; MAX_DEPTH],
+        })
+    };
+}
+
+/// The scan's fixed arrays. Apart from [`Scan`], so that the compiler can
+/// keep the fields of that in registers.
+struct Held {
+    /// Member names of the open objects, innermost last: `keys[..nkeys]`.
+    keys: [Key; KEYS_MAX],
+    /// For the container open at level `d`: what opening it hid.
+    outer: [Outer; MAX_DEPTH],
+}
+
+/// A member name as written, `b[start..start + len]`, with the mask of its
+/// object up to and including it. Positions fit in `u32`: longer texts are
+/// left to the parser (`is_strict_json`).
+#[derive(Clone, Copy)]
+struct Key {
+    start: u32,
+    len: u32,
+    mask: u64,
+}
+
+/// What opening a container hides, given back when it closes.
+#[derive(Clone, Copy)]
+struct Outer {
+    in_object: bool,
+    /// `Scan::first`, at most `KEYS_MAX`.
+    first: u8,
+}
+
+struct Scan<'a, 'h> {
     b: &'a [u8],
     i: usize,
-    /// Member names of the open objects, innermost last: `keys[..nkeys]`.
-    /// Fixed size, so the scan never allocates.
-    keys: [Name<'a>; KEYS_MAX],
+    held: &'h mut Held,
+    /// Names held, and where those of the innermost open object start:
+    /// `held.keys[first..nkeys]`.
     nkeys: usize,
-    /// Open containers: how many, and bit `d` set when level `d` is an
-    /// object, whose names start at `starts[d]` in `keys`.
+    first: usize,
+    /// The name bits of the innermost open object (see [`name_bits`]).
+    mask: u64,
+    /// How many containers are open, and whether the innermost is an
+    /// object.
     depth: usize,
-    objects: u128,
-    starts: [u8; MAX_DEPTH],
+    in_object: bool,
     /// A member name written with an escape was seen: `"a"` and `"\u0061"`
     /// name one member, so raw comparison is no longer enough.
     escaped_name: bool,
@@ -70,56 +145,76 @@ struct Scan<'a> {
 /// `Err` ends the scan with that verdict.
 type Step<T> = Result<T, Verdict>;
 
-/// A member name as written, with what makes comparing names cheap: most
-/// pairs differ in length or in their first eight bytes.
-#[derive(Clone, Copy)]
-struct Name<'a> {
-    raw: &'a [u8],
-    head: u64,
+/// The two bits of 64 (one if they coincide) that stand for a member name:
+/// two six-bit fields of a multiplicative hash of `head`, its first eight
+/// bytes (little-endian, zero past its end), and for a name of eight bytes
+/// or more, of its length and last byte too. A name whose bits are not all
+/// in its object's mask differs from the earlier names of the object; one
+/// whose bits are may not. (With two bits a name, an object of 12 names
+/// gives about 0.4 such false alarms in all, against 1.0 with one bit.)
+fn name_bits(raw: &[u8], head: u64) -> u64 {
+    const MIX: u64 = 0x9E37_79B9_7F4A_7C15; // 2^64 / golden ratio, odd
+    let key = match raw.last() {
+        Some(&last) if raw.len() >= 8 => {
+            head ^ (u64::from(last) << 8 | raw.len() as u64).rotate_right(16)
+        }
+        // A shorter name is all in `head` (and holds no zero byte).
+        _ => head,
+    };
+    let h = key.wrapping_mul(MIX);
+    1 << (h >> 58) | 1 << (h >> 52 & 63)
 }
 
-impl<'a> Name<'a> {
-    const fn empty() -> Self {
-        Name { raw: &[], head: 0 }
+/// The first eight bytes of `b[start..start + len]` as a little-endian
+/// word, zero past its end: one load unless the text ends within eight
+/// bytes.
+fn head(b: &[u8], start: usize, len: usize) -> u64 {
+    match b.get(start..).and_then(<[u8]>::first_chunk::<8>) {
+        Some(w) if len >= 8 => u64::from_le_bytes(*w),
+        Some(w) => u64::from_le_bytes(*w) & ((1 << (8 * len)) - 1),
+        None => b[start..start + len]
+            .iter()
+            .take(8)
+            .rev()
+            .fold(0, |head, &c| head << 8 | u64::from(c)),
     }
+}
 
-    fn new(raw: &'a [u8]) -> Self {
-        let mut head = 0u64;
-        for (k, &c) in raw.iter().take(8).enumerate() {
-            head |= u64::from(c) << (8 * k);
-        }
-        Name { raw, head }
-    }
-
-    fn same(&self, other: &Name<'_>) -> bool {
-        self.raw.len() == other.raw.len() && self.head == other.head && self.raw == other.raw
-    }
+/// Is `raw` one of these names of `b`? Asked only when the bits of `raw`
+/// are all in its object's mask.
+#[cold]
+#[inline(never)]
+fn seen(b: &[u8], keys: &[Key], raw: &[u8]) -> bool {
+    keys.iter()
+        .any(|k| k.len as usize == raw.len() && b[k.start as usize..].starts_with(raw))
 }
 
 /// Where in this little-endian word of eight string bytes is the first
 /// `"`, `\` or control character? A mask whose lowest set bit is the high
-/// bit of that byte; zero when there is none. (The usual SWAR tests for a
-/// zero byte and for a byte below 0x20: their lowest set bit is exact.)
+/// bit of that byte; zero when there is none. (The usual SWAR test for a
+/// byte below `n`, `(v - n) & !v & 0x80` in each byte: its lowest set bit
+/// is exact. Flipping bit 1 maps `"` to 0x20 and the control characters
+/// onto themselves, so that one test below 0x21 finds both; a test below 1
+/// finds `\` flipped to 0. Neither flip changes the high bit.)
 fn special_mask(x: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let zero_in = |v: u64| v.wrapping_sub(LO) & !v & HI;
-    let quote = zero_in(x ^ (LO * u64::from(b'"')));
-    let backslash = zero_in(x ^ (LO * u64::from(b'\\')));
-    let control = x.wrapping_sub(LO * 0x20) & !x & HI;
-    quote | backslash | control
+    let quote_or_control = (x ^ (LO * 0x02)).wrapping_sub(LO * 0x21);
+    let backslash = (x ^ (LO * u64::from(b'\\'))).wrapping_sub(LO);
+    (quote_or_control | backslash) & !x & HI
 }
 
-impl<'a> Scan<'a> {
-    fn new(b: &'a [u8]) -> Self {
+impl<'a, 'h> Scan<'a, 'h> {
+    fn new(b: &'a [u8], held: &'h mut Held) -> Self {
         Scan {
             b,
             i: 0,
-            keys: [Name::empty(); KEYS_MAX],
+            held,
             nkeys: 0,
+            first: 0,
+            mask: 0,
             depth: 0,
-            objects: 0,
-            starts: [0; MAX_DEPTH],
+            in_object: false,
             escaped_name: false,
         }
     }
@@ -151,20 +246,22 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// White space, then `c`.
     fn expect(&mut self, c: u8) -> Step<()> {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Verdict::Invalid)
+        if self.peek() != Some(c) {
+            self.ws(); // seldom: most texts are compact
+            if self.peek() != Some(c) {
+                return Err(Verdict::Invalid);
+            }
         }
+        self.i += 1;
+        Ok(())
     }
 
     /// One value and, for containers, everything up to the matching close:
     /// iterative, so nesting costs no native stack.
     fn value(&mut self) -> Step<()> {
         loop {
-            self.ws();
             match self.peek().ok_or(Verdict::Invalid)? {
                 c @ (b'{' | b'[') => {
                     let object = c == b'{';
@@ -188,18 +285,21 @@ impl<'a> Scan<'a> {
                 b'f' => self.literal(b"false")?,
                 b'n' => self.literal(b"null")?,
                 b'-' | b'0'..=b'9' => self.number()?,
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    self.ws();
+                    continue;
+                }
                 _ => return Err(Verdict::Invalid),
             }
             // A value is complete: go on in the enclosing containers.
             loop {
-                let Some(in_object) = self.innermost() else {
+                if self.depth == 0 {
                     return Ok(());
-                };
-                self.ws();
-                match (self.peek(), in_object) {
+                }
+                match (self.peek(), self.in_object) {
+                    (Some(b' ' | b'\t' | b'\n' | b'\r'), _) => self.ws(),
                     (Some(b','), true) => {
                         self.i += 1;
-                        self.ws();
                         self.member_name()?;
                         break;
                     }
@@ -217,59 +317,104 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Is the innermost open container an object? `None` at top level.
-    fn innermost(&self) -> Option<bool> {
-        let d = self.depth.checked_sub(1)?;
-        Some(self.objects >> d & 1 == 1)
-    }
-
     fn open(&mut self, object: bool) -> Step<()> {
         if self.depth >= MAX_DEPTH {
             return Err(Verdict::Invalid);
         }
+        self.held.outer[self.depth] = Outer {
+            in_object: self.in_object,
+            first: self.first as u8,
+        };
         if object {
-            self.objects |= 1 << self.depth;
-            // nkeys <= KEYS_MAX = 32 fits.
-            self.starts[self.depth] = self.nkeys as u8;
-        } else {
-            self.objects &= !(1 << self.depth);
+            self.first = self.nkeys;
+            self.mask = 0;
         }
+        self.in_object = object;
         self.depth += 1;
         Ok(())
     }
 
+    /// Closes the innermost container (there is one).
     fn close(&mut self) {
-        if let Some(true) = self.innermost() {
-            self.nkeys = usize::from(self.starts[self.depth - 1]);
+        self.depth -= 1;
+        if self.in_object {
+            self.nkeys = self.first;
+            // The object around this one, if any, holds the member whose
+            // value this was, so its last name is `keys[nkeys - 1]`.
+            if let Some(k) = self.nkeys.checked_sub(1) {
+                self.mask = self.held.keys[k].mask;
+            }
         }
-        self.depth = self.depth.saturating_sub(1);
+        let outer = self.held.outer[self.depth];
+        self.in_object = outer.in_object;
+        self.first = usize::from(outer.first);
     }
 
     /// `"name"` and the `:` after it; the name must differ from the earlier
-    /// members of the same object.
+    /// members of the same object, which are compared with it only when
+    /// its name bits are already in the object's mask. (Inlined, as are
+    /// `name` and `string`, so that the fields of `Scan` stay in registers:
+    /// a call would take its address.)
+    #[inline(always)]
     fn member_name(&mut self) -> Step<()> {
-        if self.peek() != Some(b'"') {
-            return Err(Verdict::Invalid);
+        let (start, raw, bits) = self.name()?;
+        if self.mask & bits == bits {
+            if self.escaped_name && self.nkeys > self.first {
+                // Rare: names that may be spelt two ways.
+                return Err(Verdict::Ask);
+            }
+            if seen(self.b, &self.held.keys[self.first..self.nkeys], raw) {
+                return Err(Verdict::Invalid);
+            }
         }
-        let (raw, escaped) = self.string()?;
-        let name = Name::new(raw);
-        self.escaped_name |= escaped;
-        if self.innermost() != Some(true) {
-            return Err(Verdict::Invalid);
-        }
-        let start = usize::from(self.starts[self.depth - 1]);
-        let earlier = &self.keys[start..self.nkeys];
-        if self.nkeys == KEYS_MAX || (self.escaped_name && !earlier.is_empty()) {
-            // Rare: many members, or names that may be spelt two ways.
+        self.mask |= bits;
+        let Some(key) = self.held.keys.get_mut(self.nkeys) else {
+            // Rare: many members.
             return Err(Verdict::Ask);
-        }
-        if earlier.iter().any(|k| k.same(&name)) {
-            return Err(Verdict::Invalid);
-        }
-        self.keys[self.nkeys] = name;
+        };
+        *key = Key {
+            // The text is shorter than 4 GiB (`is_strict_json`).
+            start: start as u32,
+            len: raw.len() as u32,
+            mask: self.mask,
+        };
         self.nkeys += 1;
-        self.ws();
         self.expect(b':')
+    }
+
+    /// The member name whose `"` is at `i` (after white space): where its
+    /// content starts, that content, and its name bits.
+    #[inline(always)]
+    fn name(&mut self) -> Step<(usize, &'a [u8], u64)> {
+        if self.peek() != Some(b'"') {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(Verdict::Invalid);
+            }
+        }
+        let start = self.i + 1;
+        // Most names are short: the name and its closing quote in one
+        // word, which is also its `head`.
+        if let Some(bytes) = self.b.get(start..).and_then(<[u8]>::first_chunk::<8>) {
+            let w = u64::from_le_bytes(*bytes);
+            let n = (special_mask(w).trailing_zeros() / 8) as usize;
+            if bytes.get(n) == Some(&b'"') {
+                self.i = start + n + 1;
+                let raw = &bytes[..n];
+                return Ok((start, raw, name_bits(raw, w & ((1 << (8 * n)) - 1))));
+            }
+        }
+        let escaped = self.string()?;
+        let raw = &self.b[start..self.i - 1];
+        if escaped {
+            self.escaped_name = true;
+            if self.nkeys > self.first {
+                return Err(Verdict::Ask); // may be an earlier name
+            }
+            // All bits: each later name of this object is asked about.
+            return Ok((start, raw, u64::MAX));
+        }
+        Ok((start, raw, name_bits(raw, head(self.b, start, raw.len()))))
     }
 
     fn literal(&mut self, word: &[u8]) -> Step<()> {
@@ -281,76 +426,36 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string starting at the `"`; returns its raw content and whether
-    /// it holds an escape.
-    fn string(&mut self) -> Step<(&'a [u8], bool)> {
-        self.i += 1;
-        let start = self.i;
+    /// A string starting at the `"`; returns whether it holds an escape.
+    #[inline(always)]
+    fn string(&mut self) -> Step<bool> {
+        // What is left of the text after the opening quote.
+        let mut rest = &self.b[self.i + 1..];
         let mut escaped = false;
         loop {
             // Plain bytes eight at a time, then straight to the first
             // special one; the last few bytes one by one.
-            if let Some(word) = self.b.get(self.i..self.i + 8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(word);
-                let m = special_mask(u64::from_le_bytes(w));
+            if let Some(w) = rest.first_chunk::<8>() {
+                let m = special_mask(u64::from_le_bytes(*w));
                 if m == 0 {
-                    self.i += 8;
+                    rest = &rest[8..];
                     continue;
                 }
-                self.i += (m.trailing_zeros() / 8) as usize;
+                rest = &rest[(m.trailing_zeros() / 8) as usize..];
             }
-            let c = *self.b.get(self.i).ok_or(Verdict::Invalid)?;
-            self.i += 1;
-            match c {
-                b'"' => return Ok((&self.b[start..self.i - 1], escaped)),
-                b'\\' => {
+            match rest {
+                [b'"', after @ ..] => {
+                    self.i = self.b.len() - after.len();
+                    return Ok(escaped);
+                }
+                [b'\\', after @ ..] => {
                     escaped = true;
-                    self.escape()?;
+                    rest = escape(after)?;
                 }
-                0x00..=0x1f => return Err(Verdict::Invalid),
-                _ => {}
+                [] | [0x00..=0x1f, ..] => return Err(Verdict::Invalid),
+                [_, after @ ..] => rest = after,
             }
         }
-    }
-
-    /// The escape after a `\`.
-    fn escape(&mut self) -> Step<()> {
-        let c = *self.b.get(self.i).ok_or(Verdict::Invalid)?;
-        self.i += 1;
-        match c {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
-            b'u' => {
-                let unit = self.hex4()?;
-                match unit {
-                    0xD800..=0xDBFF => {
-                        // A high surrogate must be followed by a low one.
-                        if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
-                            return Err(Verdict::Invalid);
-                        }
-                        self.i += 2;
-                        match self.hex4()? {
-                            0xDC00..=0xDFFF => Ok(()),
-                            _ => Err(Verdict::Invalid),
-                        }
-                    }
-                    0xDC00..=0xDFFF => Err(Verdict::Invalid),
-                    _ => Ok(()),
-                }
-            }
-            _ => Err(Verdict::Invalid),
-        }
-    }
-
-    fn hex4(&mut self) -> Step<u16> {
-        let digits = self.b.get(self.i..self.i + 4).ok_or(Verdict::Invalid)?;
-        let mut v: u16 = 0;
-        for &d in digits {
-            let n = (d as char).to_digit(16).ok_or(Verdict::Invalid)?;
-            v = v << 4 | n as u16;
-        }
-        self.i += 4;
-        Ok(v)
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -399,6 +504,45 @@ impl<'a> Scan<'a> {
             Ok(())
         }
     }
+}
+
+/// The escape that `rest` starts with (after a `\`); returns what follows
+/// it. Out of line, so that the common path of [`Scan::string`] stays
+/// small.
+#[inline(never)]
+fn escape(rest: &[u8]) -> Step<&[u8]> {
+    match rest {
+        [b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't', after @ ..] => Ok(after),
+        [b'u', after @ ..] => {
+            let (unit, after) = hex4(after)?;
+            match unit {
+                0xD800..=0xDBFF => {
+                    // A high surrogate must be followed by a low one.
+                    let Some(after) = after.strip_prefix(b"\\u") else {
+                        return Err(Verdict::Invalid);
+                    };
+                    match hex4(after)? {
+                        (0xDC00..=0xDFFF, after) => Ok(after),
+                        _ => Err(Verdict::Invalid),
+                    }
+                }
+                0xDC00..=0xDFFF => Err(Verdict::Invalid),
+                _ => Ok(after),
+            }
+        }
+        _ => Err(Verdict::Invalid),
+    }
+}
+
+/// The four hex digits `rest` starts with, and what follows them.
+fn hex4(rest: &[u8]) -> Step<(u16, &[u8])> {
+    let (digits, after) = rest.split_first_chunk::<4>().ok_or(Verdict::Invalid)?;
+    let mut v: u16 = 0;
+    for &d in digits {
+        let n = (d as char).to_digit(16).ok_or(Verdict::Invalid)?;
+        v = v << 4 | n as u16;
+    }
+    Ok((v, after))
 }
 
 #[cfg(test)]
@@ -473,6 +617,74 @@ mod tests {
                 super::super::parse_strict(&t).is_ok(),
                 "depth {depth}"
             );
+        }
+    }
+
+    #[test]
+    fn names_whose_bits_collide_are_compared() {
+        use super::{head, name_bits};
+        let bits = |n: &str| name_bits(n.as_bytes(), head(n.as_bytes(), 0, n.len()));
+        // Short names: two different ones with the same bits.
+        let names: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
+        let (a, b) = names
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| {
+                let b = names[..i].iter().find(|b| bits(b) == bits(a))?;
+                Some((a.as_str(), b.as_str()))
+            })
+            .expect("a pair of names with the same bits");
+        assert_ne!(a, b);
+        // Long names with the same first eight bytes, length and last byte.
+        let (c, d) = ("abcdefgh_1_z", "abcdefgh_2_z");
+        assert_eq!(bits(c), bits(d));
+        for (x, y) in [(a, b), (c, d)] {
+            assert!(ok(&format!("{{\"{x}\":1,\"{y}\":2}}")), "{x} {y}");
+            assert!(ok(&format!("{{\"{x}\":1,\"q\":[],\"{y}\":2}}")), "{x} {y}");
+            assert!(
+                !ok(&format!("{{\"{x}\":1,\"{y}\":2,\"{x}\":3}}")),
+                "{x} {y}"
+            );
+            assert!(
+                !ok(&format!("{{\"{y}\":1,\"{x}\":2,\"{y}\":3}}")),
+                "{x} {y}"
+            );
+        }
+        // A name near the end of the text (fewer than eight bytes left)
+        // gets the same bits as elsewhere.
+        assert!(!ok("{\"abc\":1,\"abc\":2}"));
+        assert!(!ok("{\"abcdefghij\":1,\"abcdefghij\":2}"));
+        assert!(ok("{\"abc\":1,\"abd\":2}"));
+    }
+
+    #[test]
+    fn a_closed_object_gives_its_object_the_mask_back() {
+        for (t, valid) in [
+            ("{\"a\":{\"b\":1},\"b\":2}", true),
+            ("{\"a\":{\"b\":1},\"a\":2}", false),
+            ("{\"a\":[{\"a\":1},{\"b\":2}],\"b\":2}", true),
+            ("{\"a\":[{\"b\":1}],\"a\":2}", false),
+            ("{\"a\":{\"b\":{\"c\":1},\"c\":2},\"c\":3,\"b\":4}", true),
+            ("{\"a\":{\"b\":{\"c\":1},\"c\":2,\"b\":3},\"c\":4}", false),
+            ("[{\"a\":1},{\"a\":2}]", true),
+            ("{\"x\":{},\"y\":{},\"x\":{}}", false),
+        ] {
+            assert_eq!(ok(t), valid, "{t}");
+            assert_eq!(super::super::parse_strict(t).is_ok(), valid, "{t}");
+        }
+    }
+
+    #[test]
+    fn escaped_names_are_left_to_the_parser() {
+        for t in [
+            "{\"\\u0061\":1,\"a\":2}",
+            "{\"a\":1,\"\\u0061\":2}",
+            "{\"\\u0061\":{\"b\":1},\"a\":2}",
+            "{\"\\u0061\":1,\"b\":2}",
+            "{\"a\\n\":1,\"b\":2,\"a\\n\":3}",
+            "[{\"\\u0061\":1},{\"a\":1,\"a\":2}]",
+        ] {
+            assert_eq!(ok(t), super::super::parse_strict(t).is_ok(), "{t}");
         }
     }
 
