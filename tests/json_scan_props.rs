@@ -148,6 +148,28 @@ proptest! {
         agree(&text)?;
     }
 
+    /// Member values that are objects reusing the same names: the outer
+    /// object's record of its names must come back when an inner one
+    /// closes (`{"a":{"b":1},"b":2}` is valid, `{"a":{"b":1},"a":2}` not).
+    #[test]
+    fn nested_objects_with_shared_names_agree(
+        members in prop::collection::vec(
+            (prop::sample::select(vec!["a", "b", "c", "abcdefghij", "abcdefghik"]), 0u8..3),
+            0..12,
+        ),
+    ) {
+        let body: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (n, shape))| match shape {
+                0 => format!("\"{n}\":{i}"),
+                1 => format!("\"{n}\":{{\"a\":{i},\"b\":{i}}}"),
+                _ => format!("\"{n}\":{{\"{n}\":{{\"c\":{i}}},\"abcdefghij\":[{{\"a\":1}}]}}"),
+            })
+            .collect();
+        agree(&format!("{{{}}}", body.join(",")))?;
+    }
+
     #[test]
     fn deep_nesting_agrees(depth in 100usize..140, object in any::<bool>()) {
         let (open, close) = if object { ("{\"k\":", "}") } else { ("[", "]") };

@@ -8,10 +8,9 @@
 //! RFC 8259 JSON with at most 127 nested containers, no lone surrogate
 //! escapes, numbers that are finite as f64, and no duplicate member names.
 //! That parser builds a `Value` (an allocation per member); this scan
-//! never allocates (fixed arrays for nesting and member names, kept per
-//! thread) and skips string content eight bytes at a time. The two are
-//! checked against each other over generated inputs
-//! (`tests/json_scan_props.rs`).
+//! never allocates (fixed arrays for nesting and member names) and skips
+//! string content eight bytes at a time. The two are checked against each
+//! other over generated inputs (`tests/json_scan_props.rs`).
 //!
 //! Duplicate member names are found with a 64-bit mask per open object.
 //! Each name stands for two bits of it (`name_bits`: a hash of its first
@@ -42,9 +41,9 @@
 //!   later name of the object reaches the comparison, which asks instead.
 //!   (Before, each name was tested for an escaped name anywhere before it
 //!   in the text, and asked about then.)
-//! - The 4 GiB case is new: names are held by position, as `u32`, in
-//!   arrays kept per thread (which cannot borrow the text), so that a
-//!   call does not clear them first.
+//! - The 4 GiB case is new: names are held by position, as `u32`, so that
+//!   a held name (with its object's mask) takes 16 bytes. MQTT payloads
+//!   are at most 256 MiB, so it never happens to a relayed message.
 
 /// Deepest nesting of arrays and objects that is accepted (serde_json's
 /// recursion limit, which [`super::parse_strict`] applies).
@@ -66,34 +65,22 @@ pub fn is_strict_json(text: &str) -> bool {
     if u32::try_from(text.len()).is_err() {
         return super::parse_strict(text).is_ok(); // see `Key`
     }
-    let verdict = HELD.with(|held| match held.try_borrow_mut() {
-        Ok(mut held) => Scan::new(text.as_bytes(), &mut held).document(),
-        Err(_) => Verdict::Ask, // not reached: the scan does not call back here
-    });
-    match verdict {
+    let mut held = Held {
+        keys: [Key {
+            start: 0,
+            len: 0,
+            mask: 0,
+        }; KEYS_MAX],
+        outer: [Outer {
+            in_object: false,
+            first: 0,
+        }; MAX_DEPTH],
+    };
+    match Scan::new(text.as_bytes(), &mut held).document() {
         Verdict::Valid => true,
         Verdict::Invalid => false,
         Verdict::Ask => super::parse_strict(text).is_ok(),
     }
-}
-
-thread_local! {
-    /// Each thread's arrays, reused from call to call so that a call does
-    /// not clear 770 bytes first: the scan writes each entry before it
-    /// reads it.
-    static HELD: std::cell::RefCell<Held> = const {
-        std::cell::RefCell::new(Held {
-            keys: [Key {
-                start: 0,
-                len: 0,
-                mask: 0,
-            }; KEYS_MAX],
-            outer: [Outer {
-                in_object: false,
-                first: 0,
-            }; MAX_DEPTH],
-        })
-    };
 }
 
 /// The scan's fixed arrays. Apart from [`Scan`], so that the compiler can
