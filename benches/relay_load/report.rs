@@ -88,9 +88,13 @@ impl StepResult {
         self.procs.iter().find(|p| p.name == name)
     }
 
-    /// CPU seconds per 10k of the named processes together.
-    pub fn cpu_of(&self, names: &[&str]) -> f64 {
-        names
+    /// CPU seconds per 10k on the gateway side: the broker the load
+    /// enters (`mosquitto`, or bridge broker A) plus the relay, if any
+    /// (hearthlink or the naive relay). The bridge's broker B and the
+    /// bench's sink stand for the cloud and are not counted.
+    pub fn gateway_cpu(&self) -> f64 {
+        const GATEWAY: [&str; 4] = ["mosquitto-a", "mosquitto", "hearthlink", "naive"];
+        GATEWAY
             .iter()
             .filter_map(|n| self.proc(n))
             .map(|p| p.cpu_s_per_10k)
@@ -246,10 +250,8 @@ pub fn ratios(results: &[StepResult]) -> String {
                 continue;
             };
             let q = |a: u64, b: u64| a as f64 / (b.max(1) as f64);
-            // The gateway side: the broker the load enters, plus the relay.
-            let gateway = ["mosquitto-a", "mosquitto", "hearthlink", "naive"];
-            let gw_cpu = up.cpu_of(&gateway);
-            let base_cpu = b.cpu_of(&gateway);
+            let gw_cpu = up.gateway_cpu();
+            let base_cpu = b.gateway_cpu();
             let _ = writeln!(
                 out,
                 "{path:>13}/{base:<11} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
@@ -314,8 +316,7 @@ pub fn budgets(
             ));
         }
         if rate == 5000.0 {
-            let gw = up.cpu_of(&["mosquitto", "hearthlink"]);
-            let base = br.cpu_of(&["mosquitto-a"]);
+            let (gw, base) = (up.gateway_cpu(), br.gateway_cpu());
             out.push(verdict(
                 gw <= 1.5 * base,
                 format!(
