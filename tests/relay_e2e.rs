@@ -740,6 +740,57 @@ async fn sync_sends_snapshots_then_the_ack() {
     rig.daemon.stop().await;
 }
 
+/// `sync` remembers at most `cloud.buffer_topics` topics, the most recently
+/// updated ones: a device inventing topics cannot grow the daemon's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_remembers_only_the_most_recent_topics_up_to_the_bound() {
+    let mut rig = Rig::start(Opts {
+        buffer_topics: Some(3),
+        ..Opts::default()
+    })
+    .await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    for i in 1..=5 {
+        client
+            .publish(&format!("ampio/from/b/{i}"), format!("{{\"v\":{i}}}"), 1)
+            .await;
+    }
+    // Topic 2 again: now more recent than 3 and 4.
+    client.publish("ampio/from/b/2", r#"{"v":22}"#, 1).await;
+    rig.conn
+        .expect_frame(
+            "b/2 again",
+            |v| is_state(v, "ampio/from/b/2") && v["payload"]["v"] == 22,
+            WAIT,
+        )
+        .await;
+    rig.conn.take_backlog(|_| true);
+
+    rig.conn.send(&json!({"type":"sync","id":"s-1"}));
+    assert_ok(&rig.conn.expect_ack("s-1").await);
+    let snaps = rig.conn.take_backlog(|v| v["type"] == "state");
+    let got: Vec<(String, Value)> = snaps
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap_or("").to_owned(),
+                s["payload"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ampio/from/b/4".to_owned(), json!({"v":4})),
+            ("ampio/from/b/5".to_owned(), json!({"v":5})),
+            ("ampio/from/b/2".to_owned(), json!({"v":22})),
+        ],
+        "the three most recently updated topics, oldest first"
+    );
+    rig.daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_stops_cleanly_in_process() {
     let mut rig = Rig::start(Opts::default()).await;

@@ -22,6 +22,7 @@
 pub mod buffer;
 pub mod checks;
 pub mod idem;
+pub mod latest;
 mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +31,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc::error::TrySendError;
@@ -47,6 +47,7 @@ use crate::stats::Stats;
 use crate::topic::FilterSet;
 use buffer::Coalescer;
 use idem::{IdemStore, Seen};
+use latest::Latest;
 pub use store::{spawn_store, StoreHandle};
 
 /// Capacity of the state channel from the relay to the cloud writer, in
@@ -229,15 +230,17 @@ struct Relay {
     online: bool,
     control: VecDeque<OutFrame>,
     buffer: Coalescer<Box<StateOut>>,
-    /// The last message of each topic: payload, ts, seq (for `sync`).
-    latest: HashMap<String, (Bytes, i64, u64)>,
+    /// The last message of each topic (for `sync`).
+    latest: Latest,
     /// Messages received so far (numbers `StateOut::seq`).
     seq: u64,
     idem: IdemStore,
     limits: crate::limits::Limits,
     pending: FuturesUnordered<Pending>,
-    last_drop_warn: Option<Instant>,
-    dropped_reported: u64,
+    /// Warnings, at most one a minute each: offline buffer drops, topics
+    /// forgotten by `latest`.
+    drops_warn: WarnEvery,
+    forgotten_warn: WarnEvery,
     routes: RouteCache,
     /// Links whose revocation is in the audit already (since start).
     audited_revokes: std::collections::HashSet<String>,
@@ -249,17 +252,17 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     let limits = crate::limits::Limits::new(settings.commands_per_second, settings.command_burst);
     let mut r = Relay {
         buffer: Coalescer::new(settings.buffer_topics),
+        latest: Latest::new(settings.buffer_topics),
         settings,
         w,
         online: false,
         control: VecDeque::new(),
-        latest: HashMap::new(),
         seq: 0,
         idem: IdemStore::default(),
         limits,
         pending: FuturesUnordered::new(),
-        last_drop_warn: None,
-        dropped_reported: 0,
+        drops_warn: WarnEvery::default(),
+        forgotten_warn: WarnEvery::default(),
         audited_revokes: Default::default(),
         routes: RouteCache::default(),
     };
@@ -327,6 +330,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             Event::Housekeeping => r.limits.housekeep(),
         }
         r.pump();
+        r.report_drops();
     }
 }
 
@@ -368,6 +372,7 @@ impl Relay {
             self.limits = crate::limits::Limits::new(new.commands_per_second, new.command_burst);
         }
         self.buffer.set_capacity(new.buffer_topics);
+        self.latest.set_capacity(new.buffer_topics);
         self.settings = new;
         tracing::info!("relay settings reloaded");
     }
@@ -393,7 +398,6 @@ impl Relay {
                 break;
             }
         }
-        self.report_drops();
     }
 
     /// Puts a frame taken from the backlog (or handed back unsent by the
@@ -436,19 +440,19 @@ impl Relay {
     }
 
     fn report_drops(&mut self) {
-        let dropped = self.buffer.dropped();
-        if dropped > self.dropped_reported
-            && self
-                .last_drop_warn
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
+        if let Some(dropped) = self.drops_warn.due(self.buffer.dropped()) {
             tracing::warn!(
-                dropped = dropped - self.dropped_reported,
+                dropped,
                 capacity = self.settings.buffer_topics,
                 "offline buffer full: dropped the least recently updated topics"
             );
-            self.dropped_reported = dropped;
-            self.last_drop_warn = Some(Instant::now());
+        }
+        if let Some(forgotten) = self.forgotten_warn.due(self.latest.forgotten()) {
+            tracing::warn!(
+                forgotten,
+                capacity = self.settings.buffer_topics,
+                "more topics than cloud.buffer_topics: sync forgot the least recently updated"
+            );
         }
     }
 
@@ -456,12 +460,12 @@ impl Relay {
 
     fn on_state(&mut self, msg: Incoming) {
         Stats::add(&self.w.stats.states_in, 1);
-        let topic: Arc<str> = Arc::from(msg.topic.as_str());
+        self.seq += 1;
+        let seq = self.seq;
+        let topic = self.latest.record(&msg.topic, &msg.payload, msg.ts, seq);
         let repr = PayloadRepr::classify(&msg.payload);
         let app = protocol::encode_state(None, &topic, repr, msg.ts, false);
         let links = self.fanout(&topic, repr);
-        self.seq += 1;
-        let seq = self.seq;
         self.emit_state(Box::new(StateOut {
             topic,
             ts: msg.ts,
@@ -469,12 +473,6 @@ impl Relay {
             app: Some(app),
             links,
         }));
-        match self.latest.get_mut(msg.topic.as_str()) {
-            Some(slot) => *slot = (msg.payload, msg.ts, seq),
-            None => {
-                self.latest.insert(msg.topic, (msg.payload, msg.ts, seq));
-            }
-        }
     }
 
     /// The filtered payload for every active link exposing `topic`, if any.
@@ -655,20 +653,20 @@ impl Relay {
     }
 
     fn on_sync(&mut self, id: &str) {
-        let mut topics: Vec<(&String, &(Bytes, i64, u64))> = self.latest.iter().collect();
-        topics.sort_by_key(|(_, (_, ts, seq))| (*ts, *seq));
-        let frames: Vec<OutFrame> = topics
+        let frames: Vec<OutFrame> = self
+            .latest
+            .snapshot()
             .into_iter()
-            .map(|(topic, (payload, ts, seq))| OutFrame::Snapshot {
+            .map(|s| OutFrame::Snapshot {
                 text: protocol::encode_state(
                     None,
-                    topic,
-                    PayloadRepr::classify(payload),
-                    *ts,
+                    s.topic,
+                    PayloadRepr::classify(s.payload),
+                    s.ts,
                     true,
                 ),
-                topic: Arc::from(topic.as_str()),
-                seq: *seq,
+                topic: s.topic.clone(),
+                seq: s.seq,
             })
             .collect();
         self.control.extend(frames);
@@ -773,5 +771,29 @@ fn durable_outcome(r: Result<Result<(), String>, oneshot::error::RecvError>) -> 
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(e)) => Outcome::rejected(Reason::Unavailable, format!("state not persisted: {e}")),
         Err(_) => Outcome::rejected(Reason::Unavailable, "link store stopped"),
+    }
+}
+
+/// A counter reported at most once a minute: [`WarnEvery::due`] gives the
+/// growth since the last report when one is due.
+#[derive(Default)]
+struct WarnEvery {
+    reported: u64,
+    last: Option<Instant>,
+}
+
+impl WarnEvery {
+    fn due(&mut self, total: u64) -> Option<u64> {
+        if total <= self.reported
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return None;
+        }
+        let grown = total - self.reported;
+        self.reported = total;
+        self.last = Some(Instant::now());
+        Some(grown)
     }
 }
