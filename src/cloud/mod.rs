@@ -633,7 +633,7 @@ impl<'a> Session<'a> {
     /// each counted for the audit. On a failed write the rest goes to
     /// `carry` (the frame whose write failed is not retried: it may be in
     /// the dead connection's buffer). Returns the number of frames written.
-    async fn write_state(&mut self, mut item: Box<StateOut>) -> Result<usize, CloudError> {
+    async fn write_state(&mut self, mut item: StateOut) -> Result<usize, CloudError> {
         let mut n = 0;
         if !self.snapshots.is_empty() {
             match self.snapshots.get(&item.topic) {

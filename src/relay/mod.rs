@@ -84,7 +84,7 @@ pub enum OutFrame {
     /// A `revoked` frame for this link; the writer reports it written.
     Revoked { text: String, link: Arc<str> },
     /// What one MQTT message became.
-    State(Box<StateOut>),
+    State(StateOut),
 }
 
 /// One MQTT message for every audience: the app frame, ready to write, and
@@ -229,7 +229,7 @@ struct Relay {
     settings: Settings,
     online: bool,
     control: VecDeque<OutFrame>,
-    buffer: Coalescer<Box<StateOut>>,
+    buffer: Coalescer<StateOut>,
     /// The last message of each topic (for `sync`).
     latest: Latest,
     /// Messages received so far (numbers `StateOut::seq`).
@@ -412,7 +412,7 @@ impl Relay {
     }
 
     /// Sends a message's frames now, or buffers them (behind older ones).
-    fn emit_state(&mut self, item: Box<StateOut>) {
+    fn emit_state(&mut self, item: StateOut) {
         if !self.online || !self.buffer.is_empty() {
             return self.buffer_state(item);
         }
@@ -425,7 +425,7 @@ impl Relay {
         }
     }
 
-    fn buffer_state(&mut self, item: Box<StateOut>) {
+    fn buffer_state(&mut self, item: StateOut) {
         if self.buffer.put(item.topic.clone(), item) {
             Stats::add(&self.w.stats.buffer_dropped, 1);
         }
@@ -466,13 +466,13 @@ impl Relay {
         let repr = PayloadRepr::classify(&msg.payload);
         let app = protocol::encode_state(None, &topic, repr, msg.ts, false);
         let links = self.fanout(&topic, repr);
-        self.emit_state(Box::new(StateOut {
+        self.emit_state(StateOut {
             topic,
             ts: msg.ts,
             seq,
             app: Some(app),
             links,
-        }));
+        });
     }
 
     /// The filtered payload for every active link exposing `topic`, if any.
