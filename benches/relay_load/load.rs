@@ -168,8 +168,14 @@ pub fn payload(seq: u64, t: u64, size: usize) -> String {
     s
 }
 
-/// Topic of message `seq`: 100 devices in turn.
-pub fn topic(seq: u64) -> String {
+/// Topic of message `seq`: 100 busy devices in turn; with `quiet` > 0,
+/// every 50th message goes to one of `quiet` quiet devices instead (each
+/// in turn), the pattern of a gateway with a few chatty sensors and many
+/// that report now and then.
+pub fn topic(seq: u64, quiet: u64) -> String {
+    if quiet > 0 && seq % 50 == 49 {
+        return format!("bench/quiet{}/state", (seq / 50) % quiet);
+    }
     format!("bench/dev{}/state", seq % 100)
 }
 
@@ -192,6 +198,7 @@ pub enum Gen {
         client: AsyncClient,
         qos: QoS,
         size: usize,
+        quiet: u64,
     },
     /// Cloud `command` frames, handed to the sink's writer in tick batches.
     Commands { tx: mpsc::Sender<Vec<String>> },
@@ -228,10 +235,15 @@ impl Gen {
 
     async fn emit(&mut self, seq: u64, n: u64, t: u64) -> io::Result<()> {
         match self {
-            Gen::Mqtt { client, qos, size } => {
+            Gen::Mqtt {
+                client,
+                qos,
+                size,
+                quiet,
+            } => {
                 for i in seq..seq + n {
                     client
-                        .publish(topic(i), *qos, false, payload(i, t, *size))
+                        .publish(topic(i, *quiet), *qos, false, payload(i, t, *size))
                         .await
                         .map_err(|e| io::Error::other(format!("publish: {e}")))?;
                 }

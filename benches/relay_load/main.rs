@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench relay_load -- [--quick] [--rate N[,N..]]
 //! [--duration S] [--warmup S] [--paths a,b] [--saturate] [--links N]
-//! [--payload BYTES] [--revokes N] [--broker-nodelay] [--bin PATH]`
+//! [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]`
 //!
 //! Paths (`--paths`, default all): `direct` (publisher -> mosquitto ->
 //! subscriber), `bridge-q0` / `bridge-q1` (`bridge` = both: mosquitto A ->
@@ -58,6 +58,7 @@ struct Args {
     saturate: bool,
     links: usize,
     payload: usize,
+    quiet_topics: u64,
     revokes: usize,
     broker_nodelay: bool,
     bin: Option<PathBuf>,
@@ -65,7 +66,7 @@ struct Args {
 
 const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
 [--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-down,hearthlink-links,revoke] \
-[--saturate] [--links N] [--payload BYTES] [--revokes N] [--broker-nodelay] [--bin PATH]";
+[--saturate] [--links N] [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]";
 
 fn parse_args() -> Result<Args, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -84,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         saturate: false,
         links: 100,
         payload: 200,
+        quiet_topics: 0,
         revokes: if quick { 3 } else { 10 },
         broker_nodelay: false,
         bin: None,
@@ -112,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => a.warmup = Duration::from_secs_f64(num(value()?)?),
             "--links" => a.links = num(value()?)? as usize,
             "--payload" => a.payload = num(value()?)? as usize,
+            "--quiet-topics" => a.quiet_topics = num(value()?)? as u64,
             "--revokes" => a.revokes = num(value()?)? as usize,
             "--bin" => a.bin = Some(PathBuf::from(value()?)),
             "--paths" => {
@@ -205,17 +208,19 @@ async fn run(args: &Args) -> Result<(), String> {
     let opts = RigOpts {
         bin: bin.clone(),
         payload: args.payload,
+        quiet_topics: args.quiet_topics,
         links: args.links,
         clk_tck: procs::clk_tck(),
     };
     let bin_bytes = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!(
-        "relay_load: {} | rates {:?}/s | {:.1} s measured after {:.1} s warm-up | payload {} B | links {} | binary {} ({:.2} MB)",
+        "relay_load: {} | rates {:?}/s | {:.1} s measured after {:.1} s warm-up | payload {} B | quiet topics {} | links {} | binary {} ({:.2} MB)",
         if args.quick { "quick" } else { "full" },
         args.rates,
         args.duration.as_secs_f64(),
         args.warmup.as_secs_f64(),
         args.payload,
+        args.quiet_topics,
         args.links,
         bin.display(),
         bin_bytes as f64 / 1e6

@@ -26,6 +26,7 @@ pub struct StepResult {
     pub rate: f64,
     pub measured_s: f64,
     pub payload_bytes: usize,
+    pub quiet_topics: u64,
     pub links: usize,
     pub sent: u64,
     pub delivered: u64,

@@ -64,6 +64,8 @@ impl PathKind {
 pub struct RigOpts {
     pub bin: PathBuf,
     pub payload: usize,
+    /// Quiet topics beside the 100 busy ones (`load::topic`).
+    pub quiet_topics: u64,
     pub links: usize,
     pub clk_tck: u64,
 }
@@ -146,6 +148,7 @@ impl Rig {
                     client,
                     qos: q,
                     size: opts.payload,
+                    quiet: opts.quiet_topics,
                 }
             }
             PathKind::Up | PathKind::Down | PathKind::Links | PathKind::Naive => {
@@ -197,6 +200,7 @@ impl Rig {
                         client,
                         qos: QoS::AtMostOnce,
                         size: opts.payload,
+                        quiet: opts.quiet_topics,
                     }
                 };
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -359,6 +363,7 @@ impl Rig {
             rate: b.s.rate,
             measured_s: b.measure.as_secs_f64(),
             payload_bytes: if down { 0 } else { self.opts.payload },
+            quiet_topics: if down { 0 } else { self.opts.quiet_topics },
             links: if links { self.opts.links } else { 0 },
             sent: sent.measured,
             delivered: r.delivered,
