@@ -201,10 +201,18 @@ pub struct HearthlinkSetup<'a> {
     pub token: &'a str,
 }
 
+impl HearthlinkSetup<'_> {
+    /// Writes the bearer token to `dir/token` (mode 0600); returns its path.
+    fn write_token(&self) -> Result<PathBuf, String> {
+        let path = self.dir.join("token");
+        write_private(&path, self.token)?;
+        Ok(path)
+    }
+}
+
 /// Writes config + token and starts `bin run --config FILE`.
 pub fn hearthlink(bin: &Path, s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
-    let token_file = s.dir.join("token");
-    write_private(&token_file, s.token)?;
+    let token_file = s.write_token()?;
     let state = s.dir.join("state");
     let config = format!(
         r#"gateway_id = "bench"
@@ -251,8 +259,7 @@ command_burst = 10000000
 
 /// Starts the naive relay: this bench binary again, with [`crate::naive::FLAG`].
 pub fn naive_relay(s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
-    let token_file = s.dir.join("token");
-    write_private(&token_file, s.token)?;
+    let token_file = s.write_token()?;
     let exe = std::env::current_exe().map_err(|e| format!("the bench's own path: {e}"))?;
     Proc::spawn(
         "naive",

@@ -4,7 +4,7 @@
 //! `HashMap<String, Bytes>` did not:
 //!
 //! - **It copies the payload** into a buffer the topic keeps and reuses.
-//!   The payload rumqttc hands over is a slice of its ~8 KiB read buffer;
+//!   The payload rumqttc hands over is a slice of its ~10 KiB read buffer;
 //!   keeping that slice keeps the whole buffer alive. With one chatty
 //!   device and many quiet ones, each quiet topic held a read buffer of
 //!   its own: 2 000 quiet topics next to one busy topic took 17.9 MB of
