@@ -257,6 +257,7 @@ pub fn relay_settings(config: &Config) -> relay::Settings {
             .unwrap_or_default(),
         max_payload_bytes: config.relay.max_payload_bytes,
         buffer_topics: config.cloud.buffer_topics,
+        buffer_bytes: config.cloud.buffer_bytes,
         policy: Arc::new(privacy::Policy::new(
             to_mode(p.mode),
             &p.strip_keys,

@@ -185,6 +185,23 @@ async fn full_offline_buffer_drops_the_least_recently_updated_topic() {
         buffer_topics: Some(2),
         ..Opts::default()
     };
+    offline_buffer_drops_the_least_recently_updated(opts, 0).await;
+}
+
+/// `cloud.buffer_bytes`: three 30 KB values do not fit in 64 KiB, so the
+/// least recently updated topic goes, though `buffer_topics` has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_buffer_over_its_bytes_drops_the_least_recently_updated_topic() {
+    let opts = Opts {
+        buffer_bytes: Some(65_536),
+        ..Opts::default()
+    };
+    offline_buffer_drops_the_least_recently_updated(opts, 30_000).await;
+}
+
+/// With the cloud away: A and B fill the buffer, A is updated (B is now
+/// the oldest), C evicts B. Payloads are `{"v":N,"pad":"x..."}`.
+async fn offline_buffer_drops_the_least_recently_updated(opts: Opts, pad: usize) {
     let mut rig = Rig::start(opts).await;
     let client = rig.mqtt().await;
     rig.wait_relay_up(&client).await;
@@ -202,12 +219,12 @@ async fn full_offline_buffer_drops_the_least_recently_updated_topic() {
     let base = rig.daemon.counter("states_in").await;
     let dropped_before = rig.daemon.counter("buffer_dropped").await;
 
-    // A, B fill the buffer; A is updated (B is now the oldest); C evicts B.
     let (a, b, c) = ("ampio/from/lru/a", "ampio/from/lru/b", "ampio/from/lru/c");
-    client.publish(a, "1", 1).await;
-    client.publish(b, "1", 1).await;
-    client.publish(a, "2", 1).await;
-    client.publish(c, "1", 1).await;
+    let value = |v: u32| format!("{{\"v\":{v},\"pad\":\"{}\"}}", "x".repeat(pad));
+    client.publish(a, value(1), 1).await;
+    client.publish(b, value(1), 1).await;
+    client.publish(a, value(2), 1).await;
+    client.publish(c, value(1), 1).await;
     let daemon = &rig.daemon;
     assert!(
         wait_until(WAIT, || async move {
@@ -224,7 +241,7 @@ async fn full_offline_buffer_drops_the_least_recently_updated_topic() {
     let fc = conn2
         .expect_frame("buffered c", |v| is_state(v, c), WAIT)
         .await;
-    assert_eq!(fc["payload"], json!(1));
+    assert_eq!(fc["payload"]["v"], json!(1));
     // Once the flush has begun, a live frame is a barrier behind it (sent
     // earlier, while the relay is still offline, it would join the full
     // buffer and evict a buffered topic).
@@ -244,7 +261,7 @@ async fn full_offline_buffer_drops_the_least_recently_updated_topic() {
         .map(|v| {
             (
                 v["topic"].as_str().unwrap_or("").to_owned(),
-                v["payload"].clone(),
+                v["payload"]["v"].clone(),
             )
         })
         .collect();

@@ -117,8 +117,12 @@ fn full_fixture_sets_every_key() {
     assert_eq!(c.cloud.pin_sha256[1], [0u8; 32]);
     assert_eq!((c.cloud.heartbeat_s, c.cloud.max_backoff_s), (15, 120));
     assert_eq!(
-        (c.cloud.max_frame_bytes, c.cloud.buffer_topics),
-        (1 << 20, 50_000)
+        (
+            c.cloud.max_frame_bytes,
+            c.cloud.buffer_topics,
+            c.cloud.buffer_bytes
+        ),
+        (1 << 20, 50_000, 1 << 20)
     );
     assert_eq!(
         c.relay.command_topics,

@@ -184,6 +184,9 @@ pub struct CloudConfig {
     pub max_frame_bytes: usize,
     /// Offline buffer capacity, in (audience, topic) entries.
     pub buffer_topics: usize,
+    /// Bytes the offline buffer, and apart from it the `sync` memory, may
+    /// hold.
+    pub buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

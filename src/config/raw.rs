@@ -46,6 +46,7 @@ pub(super) struct RawCloud {
     pub(super) max_backoff_s: u64,
     pub(super) max_frame_bytes: usize,
     pub(super) buffer_topics: usize,
+    pub(super) buffer_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +135,7 @@ impl Default for RawCloud {
             max_backoff_s: 60,
             max_frame_bytes: 262_144,
             buffer_topics: 10_000,
+            buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }

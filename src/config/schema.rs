@@ -45,6 +45,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("cloud.max_backoff_s", Kind::Int(1, 86400)),
     ("cloud.max_frame_bytes", Kind::Int(1024, 16 * MIB)),
     ("cloud.buffer_topics", Kind::Int(1, 1_000_000)),
+    ("cloud.buffer_bytes", Kind::Int(65_536, 1024 * MIB)),
     ("relay.command_topics", Kind::List),
     ("relay.max_payload_bytes", Kind::Int(1, 16 * MIB)),
     ("privacy.mode", Kind::OneOf(&["deny", "allow"])),

@@ -53,8 +53,12 @@ fn minimal_config_gets_every_default() {
     assert!(c.mqtt.password.is_none());
     assert_eq!((c.cloud.heartbeat_s, c.cloud.max_backoff_s), (20, 60));
     assert_eq!(
-        (c.cloud.max_frame_bytes, c.cloud.buffer_topics),
-        (262_144, 10_000)
+        (
+            c.cloud.max_frame_bytes,
+            c.cloud.buffer_topics,
+            c.cloud.buffer_bytes
+        ),
+        (262_144, 10_000, 8 << 20)
     );
     assert!(!c.cloud.allow_insecure && c.cloud.pin_sha256.is_empty());
     assert_eq!(c.relay.command_topics, ["ampio/to/#"]);

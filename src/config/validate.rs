@@ -220,6 +220,7 @@ pub(super) fn cloud(raw: RawCloud, w: &mut Vec<String>) -> Result<CloudConfig, C
         max_backoff_s: raw.max_backoff_s,
         max_frame_bytes: raw.max_frame_bytes,
         buffer_topics: raw.buffer_topics,
+        buffer_bytes: raw.buffer_bytes,
     })
 }
 

@@ -1,8 +1,9 @@
 //! The coalescing buffer (protocol section 5 and edge rule 8.9).
 //!
 //! Holds at most one entry per topic: the latest. Bounded by
-//! `cloud.buffer_topics`; past that the least recently updated entry is
-//! dropped and counted. Pure data structure, no I/O.
+//! `cloud.buffer_topics` entries and `cloud.buffer_bytes` of frames; past
+//! either the least recently updated entries are dropped and counted. Pure
+//! data structure, no I/O.
 //!
 //! It serves two cases with one mechanism: while the cloud link is down,
 //! and while it is up but the writer has fallen behind (the outbound
@@ -28,6 +29,11 @@ pub struct Entry<T> {
 #[derive(Debug)]
 pub struct Coalescer<T> {
     cap: usize,
+    /// Bound on the sum of `weigh` over the entries; the newest entry is
+    /// kept even when it alone is over it.
+    max_bytes: usize,
+    weigh: fn(&T) -> usize,
+    bytes: usize,
     seq: i64,
     by_key: HashMap<Arc<str>, (i64, T)>,
     order: BTreeMap<i64, Arc<str>>,
@@ -35,9 +41,18 @@ pub struct Coalescer<T> {
 }
 
 impl<T> Coalescer<T> {
+    /// At most `cap` entries, with no bound on their size.
     pub fn new(cap: usize) -> Self {
+        Self::with_bytes(cap, usize::MAX, |_| 0)
+    }
+
+    /// At most `cap` entries weighing at most `max_bytes` together.
+    pub fn with_bytes(cap: usize, max_bytes: usize, weigh: fn(&T) -> usize) -> Self {
         Self {
             cap: cap.max(1),
+            max_bytes,
+            weigh,
+            bytes: 0,
             seq: 0,
             by_key: HashMap::new(),
             order: BTreeMap::new(),
@@ -45,16 +60,31 @@ impl<T> Coalescer<T> {
         }
     }
 
-    /// Changes the capacity; entries past a smaller one are dropped, least
+    /// Changes the bounds; entries past smaller ones are dropped, least
     /// recently updated first, and counted.
-    pub fn set_capacity(&mut self, cap: usize) {
+    pub fn set_capacity(&mut self, cap: usize, max_bytes: usize) {
         self.cap = cap.max(1);
-        while self.by_key.len() > self.cap {
-            if let Some((_, key)) = self.order.pop_first() {
-                self.by_key.remove(&key);
-                self.dropped += 1;
+        self.max_bytes = max_bytes;
+        self.shrink(0);
+    }
+
+    /// Drops the least recently updated entries, counted, while over a
+    /// bound, keeping at least `keep` entries. Returns true if any went.
+    fn shrink(&mut self, keep: usize) -> bool {
+        let mut dropped = false;
+        while self.by_key.len() > keep
+            && (self.by_key.len() > self.cap || self.bytes > self.max_bytes)
+        {
+            let Some((_, key)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, item)) = self.by_key.remove(&key) {
+                self.bytes -= (self.weigh)(&item);
             }
+            self.dropped += 1;
+            dropped = true;
         }
+        dropped
     }
 
     pub fn len(&self) -> usize {
@@ -65,45 +95,50 @@ impl<T> Coalescer<T> {
         self.by_key.is_empty()
     }
 
+    /// Sum of the entries' weights.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Entries dropped because the buffer was full, since creation.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    /// Stores `item` as the latest for its key. Returns true when an older
-    /// entry had to be dropped to make room.
+    /// Stores `item` as the latest for its key. Returns true when older
+    /// entries had to be dropped to make room.
     pub fn put(&mut self, topic: Arc<str>, item: T) -> bool {
         self.seq += 1;
         let key = topic;
+        let w = (self.weigh)(&item);
         if let Some((old_seq, slot)) = self.by_key.get_mut(&key) {
             self.order.remove(old_seq);
             *old_seq = self.seq;
+            self.bytes = self.bytes - (self.weigh)(slot) + w;
             *slot = item;
             self.order.insert(self.seq, key);
-            return false;
+        } else {
+            self.bytes += w;
+            self.order.insert(self.seq, key.clone());
+            self.by_key.insert(key, (self.seq, item));
         }
-        let mut dropped = false;
-        if self.by_key.len() >= self.cap {
-            if let Some((_, oldest)) = self.order.pop_first() {
-                self.by_key.remove(&oldest);
-                self.dropped += 1;
-                dropped = true;
-            }
-        }
-        self.order.insert(self.seq, key.clone());
-        self.by_key.insert(key, (self.seq, item));
-        dropped
+        // The entry just stored is the newest: it is never the one dropped.
+        self.shrink(1)
     }
 
     /// Stores `item` only when nothing newer is held for its key (used for
     /// frames handed back unsent by the writer: anything buffered since is
-    /// newer). Such an entry counts as the oldest.
+    /// newer). Such an entry counts as the oldest, so it is the one dropped
+    /// (and counted) when it does not fit.
     pub fn put_if_absent(&mut self, topic: Arc<str>, item: T) {
         let key = topic;
         if self.by_key.contains_key(&key) {
             return;
         }
-        if self.by_key.len() >= self.cap {
+        let w = (self.weigh)(&item);
+        if self.by_key.len() >= self.cap
+            || (!self.by_key.is_empty() && self.bytes.saturating_add(w) > self.max_bytes)
+        {
             self.dropped += 1;
             return;
         }
@@ -112,6 +147,7 @@ impl<T> Coalescer<T> {
             Some((oldest, _)) => oldest - 1,
             None => self.seq,
         };
+        self.bytes += w;
         self.order.insert(seq, key.clone());
         self.by_key.insert(key, (seq, item));
     }
@@ -120,6 +156,7 @@ impl<T> Coalescer<T> {
     pub fn pop_oldest(&mut self) -> Option<Entry<T>> {
         let (_, topic) = self.order.pop_first()?;
         let (_, item) = self.by_key.remove(&topic)?;
+        self.bytes -= (self.weigh)(&item);
         Some(Entry { topic, item })
     }
 
@@ -172,5 +209,34 @@ mod tests {
         b.put_if_absent(t("b"), 4);
         assert_eq!(b.pop_oldest().map(|e| (e.topic, e.item)), Some((t("b"), 4)));
         assert_eq!(b.pop_oldest().map(|e| e.item), Some(5));
+    }
+
+    #[test]
+    fn bytes_bound_drops_the_oldest_and_keeps_the_newest() {
+        let len = |s: &String| s.len();
+        let mut b: Coalescer<String> = Coalescer::with_bytes(100, 10, len);
+        assert!(!b.put(t("a"), "aaaa".into()));
+        assert!(!b.put(t("b"), "bbbb".into()));
+        assert_eq!(b.bytes(), 8);
+        // Replacing a with a bigger value: b (now the oldest) goes.
+        assert!(b.put(t("a"), "aaaaaaaa".into()));
+        assert_eq!((b.len(), b.bytes(), b.dropped()), (1, 8, 1));
+        // One entry over the whole bound is kept alone.
+        assert!(b.put(t("c"), "c".repeat(50)));
+        assert_eq!((b.len(), b.bytes(), b.dropped()), (1, 50, 2));
+        // A handed-back entry that does not fit is dropped and counted.
+        b.put_if_absent(t("d"), "dd".into());
+        assert_eq!((b.len(), b.dropped()), (1, 3));
+        let e = b.pop_oldest().expect("c");
+        assert_eq!((&*e.topic, b.bytes()), ("c", 0));
+        // Into an empty buffer it goes, whatever its size.
+        b.put_if_absent(t("e"), "e".repeat(20));
+        assert_eq!((b.len(), b.bytes()), (1, 20));
+        // Lowering the bounds drops at once, counted.
+        b.set_capacity(100, 100);
+        assert!(!b.put(t("f"), "f".into()));
+        assert_eq!((b.len(), b.bytes(), b.dropped()), (2, 21, 3));
+        b.set_capacity(100, 5);
+        assert_eq!((b.len(), b.bytes(), b.dropped()), (1, 1, 4));
     }
 }

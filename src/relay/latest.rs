@@ -10,11 +10,13 @@
 //!   its own: 2 000 quiet topics next to one busy topic took 17.9 MB of
 //!   heap instead of 2.2 MB. The copy is a `memcpy` of the payload into
 //!   the topic's buffer, with no allocation once the buffer is big enough.
-//! - **It is bounded** (`cloud.buffer_topics`, like the offline buffer): a
-//!   device inventing a new topic per message cannot grow it without end.
-//!   When a new topic finds it full, the least recently updated tenth is
-//!   forgotten in one pass, so the cost per new topic stays constant and
-//!   updates of known topics pay nothing for the bound.
+//! - **It is bounded**, like the offline buffer, by `cloud.buffer_topics`
+//!   topics and `cloud.buffer_bytes` of payload: a device inventing a new
+//!   topic per message, or sending huge payloads, cannot grow it without
+//!   end. When a new topic finds it full, the least recently updated tenth
+//!   is forgotten in one pass, so the cost per new topic stays constant
+//!   and updates of known topics pay nothing for the topic bound. The
+//!   newest message is always kept, even when it alone is over the bytes.
 //!
 //! It also interns topic names: a message on a known topic gets the
 //! topic's `Arc<str>` from here instead of allocating one.
@@ -41,6 +43,9 @@ const SHRINK_FLOOR: usize = 4096;
 #[derive(Debug)]
 pub struct Latest {
     cap: usize,
+    max_bytes: usize,
+    /// Sum of the kept payloads' lengths.
+    bytes: usize,
     by_topic: HashMap<Arc<str>, Slot>,
     forgotten: u64,
 }
@@ -55,9 +60,11 @@ pub struct Snap<'a> {
 }
 
 impl Latest {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(cap: usize, max_bytes: usize) -> Self {
         Self {
             cap: cap.max(1),
+            max_bytes,
+            bytes: 0,
             by_topic: HashMap::new(),
             forgotten: 0,
         }
@@ -68,12 +75,23 @@ impl Latest {
         self.forgotten
     }
 
-    /// Changes the bound; past a smaller one the least recently updated
+    /// Changes the bounds; past smaller ones the least recently updated
     /// topics are forgotten now.
-    pub fn set_capacity(&mut self, cap: usize) {
+    pub fn set_capacity(&mut self, cap: usize, max_bytes: usize) {
         self.cap = cap.max(1);
+        self.max_bytes = max_bytes;
         if self.by_topic.len() > self.cap {
             self.forget_oldest(self.by_topic.len() - self.cap);
+        }
+        self.fit_bytes();
+    }
+
+    /// Forgets the least recently updated tenth at a time while the
+    /// payloads are over the bytes bound, keeping the newest topic.
+    fn fit_bytes(&mut self) {
+        while self.bytes > self.max_bytes && self.by_topic.len() > 1 {
+            let n = (self.by_topic.len() / 10).clamp(1, self.by_topic.len() - 1);
+            self.forget_oldest(n);
         }
     }
 
@@ -81,6 +99,7 @@ impl Latest {
     /// which must grow from call to call) and returns the topic's name.
     pub fn record(&mut self, topic: &str, payload: &[u8], ts: i64, seq: u64) -> Arc<str> {
         if let Some(slot) = self.by_topic.get_mut(topic) {
+            self.bytes = self.bytes - slot.payload.len() + payload.len();
             let cap = slot.payload.capacity();
             if cap > SHRINK_FLOOR && cap > SHRINK_FACTOR * payload.len() {
                 slot.payload = payload.to_vec();
@@ -90,13 +109,16 @@ impl Latest {
             }
             slot.ts = ts;
             slot.seq = seq;
-            return slot.topic.clone();
+            let topic = slot.topic.clone();
+            self.fit_bytes();
+            return topic;
         }
         if self.by_topic.len() >= self.cap {
             // A tenth at a time: one O(n) pass per n/10 new topics.
             self.forget_oldest((self.cap / 10).max(1));
         }
         let topic: Arc<str> = Arc::from(topic);
+        self.bytes += payload.len();
         self.by_topic.insert(
             topic.clone(),
             Slot {
@@ -106,6 +128,7 @@ impl Latest {
                 seq,
             },
         );
+        self.fit_bytes();
         topic
     }
 
@@ -124,7 +147,9 @@ impl Latest {
             by_age.select_nth_unstable_by_key(n - 1, |(seq, _)| *seq);
         }
         for (_, topic) in by_age.into_iter().take(n) {
-            self.by_topic.remove(&topic);
+            if let Some(slot) = self.by_topic.remove(&topic) {
+                self.bytes -= slot.payload.len();
+            }
         }
         self.forgotten += n as u64;
     }
@@ -156,7 +181,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_value_of_each_topic_in_time_order() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         l.record("a", b"1", 10, 1);
         l.record("b", b"2", 5, 2);
         l.record("a", b"3", 20, 3);
@@ -174,7 +199,7 @@ mod tests {
 
     #[test]
     fn same_time_is_ordered_by_message_number() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         l.record("b", b"", 7, 1);
         l.record("a", b"", 7, 2);
         assert_eq!(topics(&l), ["b", "a"]);
@@ -182,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_known_topic_gets_the_same_name_back() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         let first = l.record("dev/1", b"x", 1, 1);
         let again = l.record("dev/1", b"y", 2, 2);
         assert!(Arc::ptr_eq(&first, &again), "no new allocation per message");
@@ -190,7 +215,7 @@ mod tests {
 
     #[test]
     fn payload_is_a_copy_not_the_callers_buffer() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         let mut buf = b"first".to_vec();
         l.record("t", &buf, 1, 1);
         buf.copy_from_slice(b"XXXXX");
@@ -203,7 +228,7 @@ mod tests {
 
     #[test]
     fn one_large_payload_does_not_pin_its_size() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         l.record("t", &vec![b'x'; 100_000], 1, 1);
         l.record("t", b"small", 2, 2);
         let slot = l.by_topic.get("t").expect("slot");
@@ -217,7 +242,7 @@ mod tests {
 
     #[test]
     fn full_store_forgets_the_least_recently_updated_tenth() {
-        let mut l = Latest::new(20);
+        let mut l = Latest::new(20, usize::MAX);
         for i in 0..20u64 {
             l.record(&format!("t{i}"), b"v", 0, i);
         }
@@ -236,7 +261,7 @@ mod tests {
 
     #[test]
     fn never_more_than_the_bound_whatever_the_topics() {
-        let mut l = Latest::new(7);
+        let mut l = Latest::new(7, usize::MAX);
         for i in 0..1000u64 {
             l.record(&format!("t{}", i % 50), b"v", 0, i);
             assert!(l.by_topic.len() <= 7);
@@ -247,14 +272,41 @@ mod tests {
 
     #[test]
     fn smaller_bound_forgets_the_oldest_at_once() {
-        let mut l = Latest::new(10);
+        let mut l = Latest::new(10, usize::MAX);
         for i in 0..10u64 {
             l.record(&format!("t{i}"), b"v", 0, i);
         }
-        l.set_capacity(3);
+        l.set_capacity(3, usize::MAX);
         assert_eq!(topics(&l), ["t7", "t8", "t9"]);
         assert_eq!(l.forgotten(), 7);
-        l.set_capacity(0);
+        l.set_capacity(0, usize::MAX);
         assert_eq!(topics(&l), ["t9"], "the bound is at least 1");
+    }
+
+    #[test]
+    fn payload_bytes_are_bounded_keeping_the_newest() {
+        let mut l = Latest::new(100, 1000);
+        for i in 0..10u64 {
+            l.record(&format!("t{i}"), &[b'x'; 100], 0, i);
+        }
+        assert_eq!(l.bytes, 1000);
+        assert_eq!(l.by_topic.len(), 10, "at the bound, nothing forgotten");
+        // One more byte than fits: the oldest goes.
+        l.record("t9", &[b'x'; 101], 0, 10);
+        assert!(l.bytes <= 1000, "{}", l.bytes);
+        assert!(!topics(&l).contains(&"t0".to_string()));
+        assert!(topics(&l).contains(&"t9".to_string()));
+        // One payload over the whole bound: only it is kept.
+        l.record("big", &[b'x'; 5000], 0, 11);
+        assert_eq!(topics(&l), ["big"]);
+        assert_eq!(l.bytes, 5000);
+        // The next message pushes it out; the count stays exact.
+        l.record("a", b"12345", 0, 12);
+        assert_eq!((topics(&l), l.bytes), (vec!["a".to_string()], 5));
+        l.record("b", b"123456", 0, 13);
+        assert_eq!(l.bytes, 11);
+        // Shrinking the bound forgets at once.
+        l.set_capacity(100, 10);
+        assert_eq!((topics(&l), l.bytes), (vec!["b".to_string()], 6));
     }
 }

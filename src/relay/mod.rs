@@ -104,6 +104,16 @@ pub struct StateOut {
     pub links: Option<Fanout>,
 }
 
+impl StateOut {
+    /// What it costs against `cloud.buffer_bytes` in the offline buffer:
+    /// the text it holds (the shared link list is not counted).
+    pub fn weight(&self) -> usize {
+        self.topic.len()
+            + self.app.as_ref().map_or(0, String::len)
+            + self.links.as_ref().map_or(0, |f| f.payload.len())
+    }
+}
+
 /// The filtered payload of one message and the links to send it to.
 #[derive(Debug, Clone)]
 pub struct Fanout {
@@ -191,6 +201,7 @@ pub struct Settings {
     pub command_topics: FilterSet,
     pub max_payload_bytes: usize,
     pub buffer_topics: usize,
+    pub buffer_bytes: usize,
     pub policy: Arc<Policy>,
     pub commands_per_second: f64,
     pub command_burst: u32,
@@ -251,8 +262,12 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     let settings = w.settings.borrow_and_update().clone();
     let limits = crate::limits::Limits::new(settings.commands_per_second, settings.command_burst);
     let mut r = Relay {
-        buffer: Coalescer::new(settings.buffer_topics),
-        latest: Latest::new(settings.buffer_topics),
+        buffer: Coalescer::with_bytes(
+            settings.buffer_topics,
+            settings.buffer_bytes,
+            StateOut::weight,
+        ),
+        latest: Latest::new(settings.buffer_topics, settings.buffer_bytes),
         settings,
         w,
         online: false,
@@ -371,8 +386,10 @@ impl Relay {
         {
             self.limits = crate::limits::Limits::new(new.commands_per_second, new.command_burst);
         }
-        self.buffer.set_capacity(new.buffer_topics);
-        self.latest.set_capacity(new.buffer_topics);
+        self.buffer
+            .set_capacity(new.buffer_topics, new.buffer_bytes);
+        self.latest
+            .set_capacity(new.buffer_topics, new.buffer_bytes);
         self.settings = new;
         tracing::info!("relay settings reloaded");
     }
@@ -443,15 +460,17 @@ impl Relay {
         if let Some(dropped) = self.drops_warn.due(self.buffer.dropped()) {
             tracing::warn!(
                 dropped,
-                capacity = self.settings.buffer_topics,
-                "offline buffer full: dropped the least recently updated topics"
+                topics = self.settings.buffer_topics,
+                bytes = self.settings.buffer_bytes,
+                "offline buffer full (cloud.buffer_topics, cloud.buffer_bytes): dropped the least recently updated topics"
             );
         }
         if let Some(forgotten) = self.forgotten_warn.due(self.latest.forgotten()) {
             tracing::warn!(
                 forgotten,
-                capacity = self.settings.buffer_topics,
-                "more topics than cloud.buffer_topics: sync forgot the least recently updated"
+                topics = self.settings.buffer_topics,
+                bytes = self.settings.buffer_bytes,
+                "sync memory full (cloud.buffer_topics, cloud.buffer_bytes): forgot the least recently updated topics"
             );
         }
     }

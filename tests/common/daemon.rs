@@ -28,6 +28,7 @@ pub struct Opts {
     pub max_backoff_s: u64,
     pub max_frame_bytes: Option<u64>,
     pub buffer_topics: Option<u64>,
+    pub buffer_bytes: Option<u64>,
     pub command_topics: Vec<String>,
     pub max_payload_bytes: Option<u64>,
     pub commands_per_second: Option<f64>,
@@ -49,6 +50,7 @@ impl Default for Opts {
             max_backoff_s: 1,
             max_frame_bytes: None,
             buffer_topics: None,
+            buffer_bytes: None,
             command_topics: vec!["ampio/to/#".into()],
             max_payload_bytes: None,
             commands_per_second: None,
@@ -144,6 +146,9 @@ fn render(
     }
     if let Some(n) = opts.buffer_topics {
         t.push_str(&format!("buffer_topics = {n}\n"));
+    }
+    if let Some(n) = opts.buffer_bytes {
+        t.push_str(&format!("buffer_bytes = {n}\n"));
     }
     t.push_str("\n[relay]\n");
     t.push_str(&format!(
