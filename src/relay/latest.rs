@@ -20,6 +20,14 @@
 //!
 //! It also interns topic names: a message on a known topic gets the
 //! topic's `Arc<str>` from here instead of allocating one.
+//!
+//! Why not [`super::buffer::Coalescer`], which is bounded the same way:
+//! this store is written for every message, the coalescer only while the
+//! cloud is away or behind. The coalescer keeps an exact recency order (a
+//! `BTreeMap` remove and insert per update, ~80 ns) and takes an owned
+//! `Arc<str>` key per `put`; here an update is one hash lookup, and the
+//! order is derived from the message numbers only when something must be
+//! forgotten.
 
 use std::collections::HashMap;
 use std::sync::Arc;
