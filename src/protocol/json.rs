@@ -32,7 +32,7 @@
 //!
 //! Rare cases are handed to the parser instead of being decided here: a
 //! number with an exponent or over 300 characters (is it finite?); more
-//! than [`KEYS_MAX`] member names in the open objects together; a member
+//! than `KEYS_MAX` (32) member names in the open objects together; a member
 //! name written with an escape in an object with other names (`"a"` and
 //! `"\u0061"` are one name); and a text of 4 GiB or more. Two of these
 //! changed with the mask, to keep tests off the path of every name:
