@@ -286,7 +286,7 @@ pub fn contains_email(s: &str) -> bool {
     find_email(s, 0).is_some()
 }
 
-/// Replaces every email address in `s` with "[redacted]"; Cow::Borrowed when none.
+/// Replaces every email address in `s` with `[redacted]`; `Cow::Borrowed` when none.
 ///
 /// The result never contains an email address: matches are taken left to
 /// right, each as long as possible, and `[redacted]` cannot join with its
