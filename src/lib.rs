@@ -11,7 +11,8 @@
 //! - [`links`]: the link registry (lock-free snapshot) and its persistence.
 //! - [`audit`]: the task owning the audit trail, and its export.
 //! - [`control`]: the local control socket and its command-line client.
-//! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`stats`]:
+//! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`stats`],
+//!   [`gate`]:
 //!   small pure helpers.
 //!
 //! [`run`] wires the tasks together; `main.rs` only parses arguments.
@@ -34,6 +35,7 @@ pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod durable;
+pub mod gate;
 pub mod init;
 pub mod limits;
 pub mod links;

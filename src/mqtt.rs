@@ -17,6 +17,7 @@
 //! `unavailable` is never published later behind the cloud's back.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{jitter, Backoff};
 use crate::clock::Clock;
 use crate::config::MqttConfig;
+use crate::gate::Gate;
 use crate::notify::Notifier;
 use crate::stats::Stats;
 
@@ -249,11 +251,15 @@ impl Task {
         let mut up_since: Option<Instant> = None;
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
+        // See `crate::gate`: `cancelled` is polled through the gate only
+        // (a poll elsewhere would take its waker); rare waits below use
+        // fresh `token.cancelled()` futures.
+        let stop_gate = Gate::new();
         loop {
             // `poll` is only ever abandoned at shutdown or when new broker
             // settings replace the event loop: it is not cancel-safe.
             let ev = tokio::select! {
-                _ = &mut cancelled => break,
+                _ = stop_gate.wait(|cx| cancelled.as_mut().poll(cx)) => break,
                 Ok(()) = self.w.cfg.changed() => {
                     if self.reconfigure() {
                         up_since = None;
@@ -263,7 +269,7 @@ impl Task {
                 ev = self.eventloop.poll() => ev,
             };
             let mut flow = match ev {
-                Ok(ev) => self.on_event(ev, &mut up_since, cancelled.as_mut()).await,
+                Ok(ev) => self.on_event(ev, &mut up_since, &token).await,
                 Err(e) => {
                     let lived = up_since.take().map(|t| t.elapsed()).unwrap_or_default();
                     self.on_disconnected(&e.to_string());
@@ -271,7 +277,7 @@ impl Task {
                         .next_delay(lived, jitter())
                         .max(Duration::from_millis(100));
                     tokio::select! {
-                        _ = &mut cancelled => Flow::Stop,
+                        _ = token.cancelled() => Flow::Stop,
                         _ = tokio::time::sleep(delay) => Flow::Continue,
                     }
                 }
@@ -284,7 +290,7 @@ impl Task {
                 let Some(ev) = self.eventloop.state.events.pop_front() else {
                     break;
                 };
-                flow = self.on_event(ev, &mut up_since, cancelled.as_mut()).await;
+                flow = self.on_event(ev, &mut up_since, &token).await;
             }
             if let Flow::Stop = flow {
                 break;
@@ -298,7 +304,7 @@ impl Task {
         &mut self,
         ev: Event,
         up_since: &mut Option<Instant>,
-        cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        token: &CancellationToken,
     ) -> Flow {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
@@ -320,7 +326,7 @@ impl Task {
                     Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
                     Err(mpsc::error::TrySendError::Full(msg)) => {
                         tokio::select! {
-                            _ = cancelled => return Flow::Stop,
+                            _ = token.cancelled() => return Flow::Stop,
                             r = self.w.to_relay.send(msg) => if r.is_err() { return Flow::Stop },
                         }
                     }

@@ -22,6 +22,7 @@
 pub mod tls;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use crate::audit::{AuditHandle, Tally};
 use crate::backoff::{jitter, Backoff};
 use crate::clock::{local_ms, Clock};
 use crate::config::CloudConfig;
+use crate::gate::Gate;
 use crate::links::{Origin, Registry};
 use crate::protocol::{self, FrameError, Inbound, Reason};
 use crate::relay::{CloudEvent, OutFrame, StateOut};
@@ -307,6 +309,7 @@ enum Step {
 struct Timers {
     /// Ticks every quarter heartbeat (50 ms to 1 s).
     tick: tokio::time::Interval,
+    tick_gate: Gate,
     /// The heartbeat these were made for.
     heartbeat: Duration,
     next_ping: Instant,
@@ -322,6 +325,7 @@ impl Timers {
         let now = Instant::now();
         Timers {
             tick,
+            tick_gate: Gate::new(),
             heartbeat,
             next_ping: now + heartbeat,
             next_second: now + Duration::from_secs(1),
@@ -385,6 +389,8 @@ impl<'a> Session<'a> {
         let welcome_timer = tokio::time::sleep(WELCOME_TIMEOUT);
         tokio::pin!(welcome_timer);
         let mut timers = Timers::new(self.heartbeat);
+        // The sources that are idle while state flows (see `crate::gate`).
+        let (stop_gate, priority_gate, read_gate) = (Gate::new(), Gate::new(), Gate::new());
         loop {
             if timers.heartbeat != self.heartbeat {
                 // `welcome` set another heartbeat.
@@ -396,14 +402,18 @@ impl<'a> Session<'a> {
             // is written), then state.
             let step = tokio::select! {
                 biased;
-                _ = &mut cancelled => Step::Stop(Ok(())),
-                now = timers.tick.tick() => self.on_tick(&mut timers, now.into_std()).await,
+                _ = stop_gate.wait(|cx| cancelled.as_mut().poll(cx)) => Step::Stop(Ok(())),
+                now = timers.tick_gate.wait(|cx| timers.tick.poll_tick(cx)) => {
+                    self.on_tick(&mut timers, now.into_std()).await
+                }
                 _ = &mut welcome_timer, if self.up_since.is_none() => {
                     let _ = self.close(CloseCode::Protocol, "welcome expected").await;
                     Step::Stop(Err(CloudError::NoWelcome))
                 }
-                Some(f) = self.w.priority.recv(), if self.told_relay_up => self.write_batch(f).await,
-                msg = self.ws.next() => self.on_message(msg).await,
+                Some(f) = priority_gate.wait(|cx| self.w.priority.poll_recv(cx)), if self.told_relay_up => {
+                    self.write_batch(f).await
+                }
+                msg = read_gate.wait(|cx| self.ws.poll_next_unpin(cx)) => self.on_message(msg).await,
                 Some(f) = self.w.outbox.recv(), if self.told_relay_up => self.write_batch(f).await,
             };
             if let Step::Stop(r) = step {

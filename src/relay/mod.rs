@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditHandle, Record};
 use crate::clock::Clock;
+use crate::gate::Gate;
 use crate::links::{Origin, Registry};
 use crate::mqtt::{Incoming, MqttHandle};
 use crate::privacy::Policy;
@@ -287,19 +288,22 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     let mut seconds: u64 = 0;
     let cancelled = token.cancelled();
     tokio::pin!(cancelled);
+    // The sources that are idle while state flows (see `crate::gate`).
+    let gates: [Gate; 4] = Default::default();
+    let [stop_gate, cloud_gate, control_gate, second_gate] = &gates;
     loop {
         r.w.progress.bump();
         let control_backlog = r.online && !r.control.is_empty();
         let state_backlog = r.online && !r.buffer.is_empty();
         let ev = tokio::select! {
-            _ = &mut cancelled => break,
-            Some(ev) = r.w.from_cloud.recv() => Event::Cloud(ev),
+            _ = stop_gate.wait(|cx| cancelled.as_mut().poll(cx)) => break,
+            Some(ev) = cloud_gate.wait(|cx| r.w.from_cloud.poll_recv(cx)) => Event::Cloud(ev),
             Some(done) = r.pending.next(), if !r.pending.is_empty() => Event::Done(done),
-            Some(req) = r.w.from_control.recv() => Event::Control(req),
+            Some(req) = control_gate.wait(|cx| r.w.from_control.poll_recv(cx)) => Event::Control(req),
             Some(msg) = r.w.from_mqtt.recv() => Event::State(msg),
             Some(permit) = room(&r.w.priority, control_backlog) => Event::Room(permit, true),
             Some(permit) = room(&r.w.outbox, state_backlog) => Event::Room(permit, false),
-            _ = second.tick() => {
+            _ = second_gate.wait(|cx| second.poll_tick(cx)) => {
                 seconds += 1;
                 if !seconds.is_multiple_of(60) {
                     continue;
