@@ -289,8 +289,8 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
     let cancelled = token.cancelled();
     tokio::pin!(cancelled);
     // The sources that are idle while state flows (see `crate::gate`).
-    let gates: [Gate; 4] = Default::default();
-    let [stop_gate, cloud_gate, control_gate, second_gate] = &gates;
+    let (stop_gate, cloud_gate, control_gate, second_gate) =
+        (Gate::new(), Gate::new(), Gate::new(), Gate::new());
     loop {
         r.w.progress.bump();
         let control_backlog = r.online && !r.control.is_empty();
