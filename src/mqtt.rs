@@ -160,7 +160,15 @@ pub struct StatusTopic {
 
 /// Builds the rumqttc options from the configuration.
 fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut o = match &cfg.socket {
+        // rumqttc takes the socket's path in place of the host name.
+        Some(path) => {
+            let mut o = MqttOptions::new(cfg.client_id.clone(), path.to_string_lossy(), 0);
+            o.set_transport(rumqttc::Transport::Unix);
+            o
+        }
+        None => MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port),
+    };
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
         .set_clean_session(true)
         .set_inflight(MAX_INFLIGHT)
@@ -221,7 +229,7 @@ pub fn spawn(
         client,
         eventloop,
         shared,
-        addr: format!("{}:{}", cfg.host, cfg.port),
+        addr: cfg.endpoint(),
         cfg,
         w,
         ready_sent: false,
@@ -361,7 +369,7 @@ impl Task {
         if cfg == self.cfg {
             return false;
         }
-        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let addr = cfg.endpoint();
         tracing::info!(broker = %addr, "broker settings changed; reconnecting");
         let _ = self.client.try_disconnect();
         self.on_disconnected("broker settings changed");

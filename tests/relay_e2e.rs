@@ -6,11 +6,12 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::cloud::{Behavior, Welcome};
-use common::daemon::Opts;
-use common::mqtt::{without_status, Msg};
+use common::broker::Broker;
+use common::cloud::{Behavior, CloudServer, Welcome};
+use common::daemon::{Daemon, Opts};
+use common::mqtt::{without_status, MqttClient, Msg};
 use common::rig::{is_state, Rig, PROBE_TOPIC};
-use common::{now_ms, wait_until, WAIT};
+use common::{now_ms, wait_until, LONG_WAIT, WAIT};
 use serde_json::{json, Value};
 
 const CMD_TOPIC: &str = "ampio/to/ab12/o/1/cmd";
@@ -530,6 +531,67 @@ async fn broker_killed_then_restarted() {
         "a command answered unavailable is never published later behind the cloud's back"
     );
     rig.daemon.stop().await;
+}
+
+/// `mqtt.socket`: the daemon reaches the broker through its Unix socket
+/// (its config has no host or port: state could reach this broker's
+/// subscribers no other way) while the devices use TCP.
+/// State goes up, a command comes down, and a broker restart (which leaves
+/// the dead socket file behind) is survived as over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_through_the_brokers_unix_socket() {
+    let mut broker = Broker::start_with_socket();
+    let mut cloud = CloudServer::start().await;
+    let opts = Opts {
+        mqtt_socket: Some(broker.socket_path()),
+        ..Opts::default()
+    };
+    let daemon = Daemon::start(&opts, &broker, &cloud);
+    assert!(
+        daemon.files.toml.contains("socket = "),
+        "{}",
+        daemon.files.toml
+    );
+    assert!(
+        !daemon.files.toml.contains("port = "),
+        "{}",
+        daemon.files.toml
+    );
+    let (mut conn, _) = cloud.accept_hello(WAIT).await;
+    let client = MqttClient::connect(broker.port()).await;
+    common::rig::wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    client
+        .publish("ampio/from/sock/state", r#"{"on":true}"#, 1)
+        .await;
+    let f = conn
+        .expect_frame(
+            "state through the socket",
+            |v| is_state(v, "ampio/from/sock/state"),
+            WAIT,
+        )
+        .await;
+    assert_eq!(f["payload"], json!({"on": true}));
+    drop(client);
+
+    broker.kill();
+    assert!(
+        broker.socket_path().exists(),
+        "SIGKILL leaves the socket file"
+    );
+    conn.command("s-1", CMD_TOPIC, json!("during outage"));
+    assert_rejected(&conn.expect_ack("s-1").await, "unavailable");
+    broker.restart();
+    let mut sub = MqttClient::connect(broker.port()).await;
+    sub.subscribe("ampio/to/#").await;
+    let client = MqttClient::connect(broker.port()).await;
+    common::rig::wait_relay_up(&mut conn, &client, Duration::from_secs(30)).await;
+    conn.command("s-2", CMD_TOPIC, json!("after restart"));
+    assert_ok(&conn.expect_ack("s-2").await);
+    let msgs = sub
+        .recv_until(WAIT, |m| m.payload == b"after restart")
+        .await;
+    assert_eq!(seen(msgs), vec![pair(CMD_TOPIC, "after restart")]);
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

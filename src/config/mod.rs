@@ -155,8 +155,12 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
+    /// The broker's TCP address; unused when `socket` is set.
     pub host: String,
     pub port: u16,
+    /// The broker's Unix socket (Mosquitto: `listener 0 PATH`), used
+    /// instead of TCP when set. Exclusive with `host` and `port`.
+    pub socket: Option<PathBuf>,
     pub client_id: String,
     pub username: Option<String>,
     /// Read from `password_file` at load, line ending removed.
@@ -166,6 +170,16 @@ pub struct MqttConfig {
     pub subscribe: Vec<String>,
     pub qos: u8,
     pub keep_alive_s: u64,
+}
+
+impl MqttConfig {
+    /// Where the broker is, for messages: `host:port` or the socket's path.
+    pub fn endpoint(&self) -> String {
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -24,8 +24,11 @@ pub(super) struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawMqtt {
-    pub(super) host: String,
-    pub(super) port: u16,
+    /// Left out: `127.0.0.1` (or unused, with `socket`).
+    pub(super) host: Option<String>,
+    /// Left out: 1883 (or unused, with `socket`).
+    pub(super) port: Option<u16>,
+    pub(super) socket: Option<PathBuf>,
     pub(super) client_id: Option<String>,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<PathBuf>,
@@ -111,8 +114,9 @@ impl Default for RawConfig {
 impl Default for RawMqtt {
     fn default() -> Self {
         Self {
-            host: "127.0.0.1".into(),
-            port: 1883,
+            host: None,
+            port: None,
+            socket: None,
             client_id: None,
             username: None,
             password_file: None,

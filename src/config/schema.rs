@@ -30,6 +30,7 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("log_level", Kind::Str),
     ("mqtt.host", Kind::Str),
     ("mqtt.port", Kind::Int(1, 65535)),
+    ("mqtt.socket", Kind::OptStr),
     ("mqtt.client_id", Kind::OptStr),
     ("mqtt.username", Kind::OptStr),
     ("mqtt.password_file", Kind::OptStr),

@@ -446,3 +446,47 @@ fn edit_distance_counts_swaps_once() {
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(edit_distance("kitten", "sitting"), 3);
 }
+
+#[test]
+fn mqtt_socket_replaces_host_and_port() {
+    let (_dir, toml) = setup();
+    let c = load_ok(&toml, &[]).config;
+    assert_eq!(c.mqtt.socket, None);
+    assert_eq!(c.mqtt.endpoint(), "127.0.0.1:1883");
+
+    let sock = "/run/mosquitto/mosquitto.sock";
+    let c = load_ok(&format!("{toml}[mqtt]\nsocket = {sock:?}\n"), &[]).config;
+    assert_eq!(c.mqtt.socket.as_deref(), Some(Path::new(sock)));
+    assert_eq!(c.mqtt.endpoint(), format!("unix:{sock}"));
+    // From the environment too; an empty value unsets it.
+    let c = load_ok(&toml, &[("HEARTHLINK__MQTT__SOCKET", sock)]).config;
+    assert_eq!(c.mqtt.socket.as_deref(), Some(Path::new(sock)));
+    let c = load_ok(&toml, &[("HEARTHLINK__MQTT__SOCKET", "")]).config;
+    assert_eq!(c.mqtt.socket, None);
+
+    // Exclusive with host and port, wherever each is set.
+    let e = load_err(
+        &format!("{toml}[mqtt]\nsocket = {sock:?}\n"),
+        &[("HEARTHLINK__MQTT__HOST", "10.0.0.2")],
+    );
+    assert_eq!(e.key(), Some("mqtt.socket"));
+    assert!(e.to_string().contains("together with mqtt.host"), "{e}");
+    let e = load_err(
+        &format!("{toml}[mqtt]\nport = 1884\n"),
+        &[("HEARTHLINK__MQTT__SOCKET", sock)],
+    );
+    assert!(e.to_string().contains("together with mqtt.port"), "{e}");
+    assert!(e.to_string().contains("HEARTHLINK__MQTT__SOCKET"), "{e}");
+
+    // A relative path loads with a warning; a socket path in `host` is
+    // refused with a pointer to `socket`.
+    let loaded = load_ok(&format!("{toml}[mqtt]\nsocket = \"m.sock\"\n"), &[]);
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("mqtt.socket")),
+        "{:?}",
+        loaded.warnings
+    );
+    let e = load_err(&format!("{toml}[mqtt]\nhost = {sock:?}\n"), &[]);
+    assert_eq!(e.key(), Some("mqtt.host"));
+    assert!(e.to_string().contains("mqtt.socket"), "{e}");
+}

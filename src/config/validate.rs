@@ -103,29 +103,61 @@ pub(super) fn mqtt(
     gateway_id: &str,
     w: &mut Vec<String>,
 ) -> Result<MqttConfig, ConfigError> {
-    if raw.host.parse::<std::net::IpAddr>().is_err() {
-        if raw.host.contains("://") {
+    let socket = match raw.socket {
+        None => None,
+        Some(path) => {
+            if raw.host.is_some() || raw.port.is_some() {
+                let both = if raw.host.is_some() {
+                    "mqtt.host"
+                } else {
+                    "mqtt.port"
+                };
+                return Err(invalid(
+                    "mqtt.socket",
+                    format!(
+                        "is set together with {both}; the broker is reached either over TCP (mqtt.host, mqtt.port) or through a Unix socket (mqtt.socket): remove one"
+                    ),
+                ));
+            }
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    "mqtt.socket",
+                    format!(
+                        "{} is {len} bytes, but a Unix socket path may have at most {MAX_SOCKET_PATH}",
+                        path.display()
+                    ),
+                ));
+            }
+            warn_relative("mqtt.socket", &path, w);
+            Some(path)
+        }
+    };
+    let host = raw.host.unwrap_or_else(|| "127.0.0.1".to_owned());
+    if host.parse::<std::net::IpAddr>().is_err() {
+        if host.contains("://") {
+            return Err(invalid(
+                "mqtt.host",
+                format!("expected a host name or IP address without a scheme, got {host:?}"),
+            ));
+        }
+        if host.contains(':') {
             return Err(invalid(
                 "mqtt.host",
                 format!(
-                    "expected a host name or IP address without a scheme, got {:?}",
-                    raw.host
+                    "expected a host name or IP address, got {host:?}; put the port in mqtt.port"
                 ),
             ));
         }
-        if raw.host.contains(':') {
+        if host.chars().any(|c| c.is_whitespace() || c == '/') {
+            let hint = if host.starts_with('/') {
+                "; a Unix socket goes in mqtt.socket"
+            } else {
+                ""
+            };
             return Err(invalid(
                 "mqtt.host",
-                format!(
-                    "expected a host name or IP address, got {:?}; put the port in mqtt.port",
-                    raw.host
-                ),
-            ));
-        }
-        if raw.host.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(invalid(
-                "mqtt.host",
-                format!("expected a host name or IP address, got {:?}", raw.host),
+                format!("expected a host name or IP address, got {host:?}{hint}"),
             ));
         }
     }
@@ -163,8 +195,9 @@ pub(super) fn mqtt(
     }
     check_filters("mqtt.subscribe", &raw.subscribe)?;
     Ok(MqttConfig {
-        host: raw.host,
-        port: raw.port,
+        host,
+        port: raw.port.unwrap_or(1883),
+        socket,
         client_id,
         username: raw.username,
         password,

@@ -4,7 +4,8 @@
 //! another process takes it before mosquitto binds, mosquitto exits and a
 //! new port is tried. Port 1883 (the shared broker) is never used.
 //! [`Broker::kill`] and [`Broker::restart`] stop and start the process on
-//! the same port; `Drop` kills it.
+//! the same port; `Drop` kills it. [`Broker::start_with_socket`] adds a
+//! Unix socket listener in the broker's own directory.
 
 use std::fs::File;
 use std::net::TcpStream;
@@ -19,11 +20,23 @@ pub struct Broker {
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: u32,
+    /// Also listen on `dir/mqtt.sock`.
+    socket: bool,
 }
 
 impl Broker {
     /// Starts mosquitto on a free loopback port and waits until it accepts.
     pub fn start() -> Broker {
+        Self::start_inner(false)
+    }
+
+    /// Like [`Broker::start`], with a Unix socket listener too
+    /// ([`Broker::socket_path`]) beside the TCP one.
+    pub fn start_with_socket() -> Broker {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(socket: bool) -> Broker {
         let mut dir = tempfile::Builder::new()
             .prefix("hl-broker")
             .tempdir()
@@ -36,6 +49,7 @@ impl Broker {
                 dir,
                 child: None,
                 starts: 0,
+                socket,
             };
             match b.spawn_and_wait(Duration::from_secs(10)) {
                 Ok(()) => return b,
@@ -51,6 +65,11 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The Unix socket of a broker from [`Broker::start_with_socket`].
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("mqtt.sock")
     }
 
     /// The broker's log so far (for failure messages).
@@ -134,10 +153,19 @@ impl Broker {
 
     fn spawn_and_wait(&mut self, timeout: Duration) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
-        let text = format!(
+        let mut text = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n",
             self.port
         );
+        if self.socket {
+            // Run as root, mosquitto would switch to its own user, which
+            // cannot create a socket in this root-owned directory; `user
+            // root` keeps it (and means nothing when not run as root).
+            text.push_str(&format!(
+                "user root\nlistener 0 {}\n",
+                self.socket_path().display()
+            ));
+        }
         std::fs::write(&conf, text).map_err(|e| format!("writing {conf:?}: {e}"))?;
         let log = File::options()
             .create(true)

@@ -23,6 +23,8 @@ pub struct Opts {
     pub pin_sha256: Vec<String>,
     pub allow_insecure: bool,
     pub heartbeat_s: u64,
+    /// `mqtt.socket` instead of the broker's TCP port.
+    pub mqtt_socket: Option<PathBuf>,
     /// `mqtt.keep_alive_s` (5: a dead broker is noticed quickly).
     pub mqtt_keep_alive_s: u64,
     pub max_backoff_s: u64,
@@ -46,6 +48,7 @@ impl Default for Opts {
             pin_sha256: Vec::new(),
             allow_insecure: false,
             heartbeat_s: 20,
+            mqtt_socket: None,
             mqtt_keep_alive_s: 5,
             max_backoff_s: 1,
             max_frame_bytes: None,
@@ -118,11 +121,12 @@ fn render(
     t.push_str(&format!("gateway_id = {}\n", toml_str(&opts.gateway_id)));
     t.push_str(&format!("state_dir = {}\n", path(&dir.join("state"))));
     t.push_str(&opts.extra_top);
-    t.push_str("\n[mqtt]\nhost = \"127.0.0.1\"\n");
-    t.push_str(&format!(
-        "port = {broker_port}\nkeep_alive_s = {}\n",
-        opts.mqtt_keep_alive_s
-    ));
+    t.push_str("\n[mqtt]\n");
+    match &opts.mqtt_socket {
+        Some(socket) => t.push_str(&format!("socket = {}\n", path(socket))),
+        None => t.push_str(&format!("host = \"127.0.0.1\"\nport = {broker_port}\n")),
+    }
+    t.push_str(&format!("keep_alive_s = {}\n", opts.mqtt_keep_alive_s));
     t.push_str("subscribe = [\"ampio/from/#\"]\n");
     t.push_str("\n[cloud]\n");
     let url = opts.url.clone().unwrap_or_else(|| cloud.url());
