@@ -8,7 +8,9 @@
 //! Paths (`--paths`, default all): `direct` (publisher -> mosquitto ->
 //! subscriber), `bridge-q0` / `bridge-q1` (`bridge` = both: mosquitto A ->
 //! TLS bridge -> mosquitto B), `hearthlink-up` (mosquitto -> hearthlink ->
-//! TLS websocket sink), `hearthlink-down` (sink `command` -> hearthlink ->
+//! TLS websocket sink; hearthlink reaches the broker through its Unix
+//! socket, as on all hearthlink paths), `hearthlink-up-tcp` (the same over
+//! loopback TCP), `hearthlink-down` (sink `command` -> hearthlink ->
 //! mosquitto -> subscriber), `hearthlink-links` (up with N links exposing
 //! the topic), `naive-relay` (the up path with the issue's reference, a
 //! naive rumqttc-into-tungstenite relay, in hearthlink's place: see
@@ -65,7 +67,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
-[--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-down,hearthlink-links,revoke] \
+[--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-up-tcp,hearthlink-down,hearthlink-links,naive-relay,revoke] \
 [--saturate] [--links N] [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]";
 
 fn parse_args() -> Result<Args, String> {

@@ -168,6 +168,14 @@ pub fn plain_broker_conf(port: u16) -> String {
     )
 }
 
+/// A Unix socket listener at `path`, added to a broker's config. Run as
+/// root, mosquitto would switch to its own user, which cannot create the
+/// socket in the bench's root-owned tempdir: `user root` keeps it (and
+/// means nothing when not run as root).
+pub fn socket_listener_conf(path: &Path) -> String {
+    format!("user root\nlistener 0 {}\n", path.display())
+}
+
 /// Broker B of the bridge path: a plain listener on `plain` for the
 /// local subscriber and a TLS listener on `tls` for the bridge.
 pub fn tls_broker_conf(plain: u16, tls: u16, cert: &Path, key: &Path) -> String {
@@ -196,6 +204,8 @@ pub fn bridging_broker_conf(port: u16, remote: u16, ca: &Path, qos: u8) -> Strin
 pub struct HearthlinkSetup<'a> {
     pub dir: &'a Path,
     pub mqtt_port: u16,
+    /// The broker's Unix socket, used instead of `mqtt_port` when set.
+    pub mqtt_socket: Option<&'a Path>,
     pub cloud_port: u16,
     pub ca_file: &'a Path,
     pub token: &'a str,
@@ -219,8 +229,7 @@ pub fn hearthlink(bin: &Path, s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
 state_dir = "{state}"
 
 [mqtt]
-host = "127.0.0.1"
-port = {mqtt}
+{broker}
 subscribe = ["bench/#"]
 
 [cloud]
@@ -238,7 +247,10 @@ commands_per_second = 10000000
 command_burst = 10000000
 "#,
         state = state.display(),
-        mqtt = s.mqtt_port,
+        broker = match s.mqtt_socket {
+            Some(path) => format!("socket = {:?}", path.display().to_string()),
+            None => format!("host = \"127.0.0.1\"\nport = {}", s.mqtt_port),
+        },
         cloud = s.cloud_port,
         token = token_file.display(),
         ca = s.ca_file.display(),

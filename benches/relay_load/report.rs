@@ -243,6 +243,8 @@ pub fn ratios(results: &[StepResult]) -> String {
         ("hearthlink-up", "bridge-q0"),
         ("hearthlink-up", "direct"),
         ("hearthlink-up", "naive-relay"),
+        ("hearthlink-up-tcp", "bridge-q0"),
+        ("hearthlink-up-tcp", "naive-relay"),
         ("naive-relay", "bridge-q0"),
     ];
     for rate in rates {
@@ -255,7 +257,7 @@ pub fn ratios(results: &[StepResult]) -> String {
             let base_cpu = b.gateway_cpu();
             let _ = writeln!(
                 out,
-                "{path:>13}/{base:<11} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
+                "{path:>17}/{base:<11} at {rate:>6}/s: p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  gateway CPU {:.2}x ({:.3} vs {:.3} s/10k)",
                 q(up.latency_us.p50, b.latency_us.p50),
                 q(up.latency_us.p90, b.latency_us.p90),
                 q(up.latency_us.p99, b.latency_us.p99),
@@ -278,6 +280,10 @@ fn verdict(ok: bool, text: String) -> String {
     format!("{} {text}", if ok { "PASS" } else { "MISS" })
 }
 
+/// The up paths the budgets are checked on: through the broker's Unix
+/// socket, and over loopback TCP.
+const UP_PATHS: [&str; 2] = ["hearthlink-up", "hearthlink-up-tcp"];
+
 /// The budgets, each as a PASS/MISS line with the figures.
 pub fn budgets(
     results: &[StepResult],
@@ -286,8 +292,12 @@ pub fn budgets(
 ) -> Vec<String> {
     let mut out = Vec::new();
     let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
-    for rate in [1000.0, 5000.0] {
-        let (Some(up), Some(br)) = (find("hearthlink-up", rate), find("bridge-q0", rate)) else {
+    // Through the broker's Unix socket (recommended), then over TCP.
+    for (name_up, rate) in UP_PATHS
+        .into_iter()
+        .flat_map(|p| [(p, 1000.0), (p, 5000.0)])
+    {
+        let (Some(up), Some(br)) = (find(name_up, rate), find("bridge-q0", rate)) else {
             continue;
         };
         for (name, a, b) in [
@@ -297,7 +307,7 @@ pub fn budgets(
             out.push(verdict(
                 a <= b,
                 format!(
-                    "hearthlink-up {name} <= bridge-q0 {name} at {rate}/s: {} vs {} ({:+.0}%)",
+                    "{name_up} {name} <= bridge-q0 {name} at {rate}/s: {} vs {} ({:+.0}%)",
                     fmt_ms(a),
                     fmt_ms(b),
                     (a as f64 / b.max(1) as f64 - 1.0) * 100.0
@@ -309,7 +319,7 @@ pub fn budgets(
             out.push(verdict(
                 a <= 2 * b,
                 format!(
-                    "hearthlink-up p50 within 2x of direct at {rate}/s: {} vs {} ({:.2}x)",
+                    "{name_up} p50 within 2x of direct at {rate}/s: {} vs {} ({:.2}x)",
                     fmt_ms(a),
                     fmt_ms(b),
                     a as f64 / b.max(1) as f64
@@ -321,7 +331,7 @@ pub fn budgets(
             out.push(verdict(
                 gw <= 1.5 * base,
                 format!(
-                    "gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({:.2}x)",
+                    "{name_up} gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({:.2}x)",
                     gw / base.max(1e-9)
                 ),
             ));
@@ -390,14 +400,16 @@ pub fn budgets(
         ));
     }
     let sat = |p: &str| saturation.iter().find(|s| s.path == p);
-    if let (Some(up), Some(br)) = (sat("hearthlink-up"), sat("bridge-q0")) {
-        out.push(verdict(
-            up.highest_clean_rate >= br.highest_clean_rate,
-            format!(
-                "hearthlink-up saturation >= bridge-q0: {}/s vs {}/s",
-                up.highest_clean_rate, br.highest_clean_rate
-            ),
-        ));
+    for name_up in UP_PATHS {
+        if let (Some(up), Some(br)) = (sat(name_up), sat("bridge-q0")) {
+            out.push(verdict(
+                up.highest_clean_rate >= br.highest_clean_rate,
+                format!(
+                    "{name_up} saturation >= bridge-q0: {}/s vs {}/s",
+                    up.highest_clean_rate, br.highest_clean_rate
+                ),
+            ));
+        }
     }
     out
 }

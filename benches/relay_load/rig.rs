@@ -28,7 +28,11 @@ pub enum PathKind {
     Bridge {
         qos: u8,
     },
+    /// hearthlink through the broker's Unix socket (`mqtt.socket`, the
+    /// recommended setup when the broker runs on the gateway).
     Up,
+    /// The same over loopback TCP (`mqtt.host`, `mqtt.port`).
+    UpTcp,
     Down,
     Links,
     /// The naive relay (see [`crate::naive`]) in hearthlink's place.
@@ -36,11 +40,12 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 7] = [
+    pub const ALL: [PathKind; 8] = [
         PathKind::Direct,
         PathKind::Bridge { qos: 0 },
         PathKind::Bridge { qos: 1 },
         PathKind::Up,
+        PathKind::UpTcp,
         PathKind::Down,
         PathKind::Links,
         PathKind::Naive,
@@ -52,6 +57,7 @@ impl PathKind {
             PathKind::Bridge { qos: 0 } => "bridge-q0",
             PathKind::Bridge { .. } => "bridge-q1",
             PathKind::Up => "hearthlink-up",
+            PathKind::UpTcp => "hearthlink-up-tcp",
             PathKind::Down => "hearthlink-down",
             PathKind::Links => "hearthlink-links",
             PathKind::Naive => "naive-relay",
@@ -151,19 +157,26 @@ impl Rig {
                     quiet: opts.quiet_topics,
                 }
             }
-            PathKind::Up | PathKind::Down | PathKind::Links | PathKind::Naive => {
+            PathKind::Up | PathKind::UpTcp | PathKind::Down | PathKind::Links | PathKind::Naive => {
                 let certs = Certs::generate(d)?;
                 let p = procs::free_port().map_err(io)?;
-                procs.push(procs::mosquitto(
-                    d,
-                    "mosquitto",
-                    p,
-                    &procs::plain_broker_conf(p),
-                )?);
+                // hearthlink reaches the broker through its Unix socket,
+                // except on the TCP path; the publisher, the subscriber and
+                // the naive relay always use TCP.
+                let socket = match kind {
+                    PathKind::UpTcp | PathKind::Naive => None,
+                    _ => Some(d.join("mqtt.sock")),
+                };
+                let mut conf = procs::plain_broker_conf(p);
+                if let Some(path) = &socket {
+                    conf.push_str(&procs::socket_listener_conf(path));
+                }
+                procs.push(procs::mosquitto(d, "mosquitto", p, &conf)?);
                 let s = Sink::start(certs.acceptor()?, rec.clone(), probes.clone()).await?;
                 let setup = procs::HearthlinkSetup {
                     dir: d,
                     mqtt_port: p,
+                    mqtt_socket: socket.as_deref(),
                     cloud_port: s.port,
                     ca_file: &certs.ca_file,
                     token: &s.token,
