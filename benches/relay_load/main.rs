@@ -14,7 +14,9 @@
 //! mosquitto -> subscriber), `hearthlink-links` (up with N links exposing
 //! the topic), `naive-relay` (the up path with the issue's reference, a
 //! naive rumqttc-into-tungstenite relay, in hearthlink's place: see
-//! [`naive`]), plus `revoke` (revoke-to-ack under a flood with N links).
+//! [`naive`]), `floor-relay` (the least a separate relay process can cost:
+//! one blocking thread, through the broker's socket, no checks: see
+//! [`floor`]), plus `revoke` (revoke-to-ack under a flood with N links).
 //!
 //! Everything runs on free loopback ports and is stopped afterwards. The
 //! daemon is the release binary cargo built for this bench
@@ -28,12 +30,14 @@
 //! - [`load`]: schedule (timerfd ticks), payloads, MQTT clients.
 //! - [`sink`]: the TLS websocket cloud end.
 //! - [`naive`]: the naive relay, run as a child of this binary.
+//! - [`floor`]: the floor relay, likewise.
 //! - [`record`]: what the receiving end saw.
 //! - [`rig`]: one path set up, one step measured.
 //! - [`scenarios`]: the revocation test and saturation search.
 //! - [`report`]: tables, ratios, budgets, JSON.
 
 mod certs;
+mod floor;
 mod load;
 mod naive;
 mod procs;
@@ -67,7 +71,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
-[--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-up-tcp,hearthlink-down,hearthlink-links,naive-relay,revoke] \
+[--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-up-tcp,hearthlink-down,hearthlink-links,naive-relay,floor-relay,revoke] \
 [--saturate] [--links N] [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]";
 
 fn parse_args() -> Result<Args, String> {
@@ -157,6 +161,14 @@ fn main() {
         // The child process of the `naive-relay` path.
         if let Err(e) = naive::main(&argv[2..]) {
             eprintln!("naive relay: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if argv.get(1).map(String::as_str) == Some(floor::FLAG) {
+        // The child process of the `floor-relay` path.
+        if let Err(e) = floor::main(&argv[2..]) {
+            eprintln!("floor relay: {e}");
             std::process::exit(1);
         }
         return;

@@ -286,6 +286,27 @@ pub fn naive_relay(s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
     .map_err(|e| format!("starting the naive relay: {e}"))
 }
 
+/// Starts the floor relay: this bench binary again, with
+/// [`crate::floor::FLAG`], on the broker's Unix socket.
+pub fn floor_relay(s: &HearthlinkSetup<'_>) -> Result<Proc, String> {
+    let token_file = s.write_token()?;
+    let socket = s
+        .mqtt_socket
+        .ok_or("the floor relay needs the broker's Unix socket")?;
+    let exe = std::env::current_exe().map_err(|e| format!("the bench's own path: {e}"))?;
+    Proc::spawn(
+        "floor",
+        Command::new(exe)
+            .arg(crate::floor::FLAG)
+            .arg(socket)
+            .arg(s.cloud_port.to_string())
+            .arg(s.ca_file)
+            .arg(&token_file),
+        s.dir.join("floor.log"),
+    )
+    .map_err(|e| format!("starting the floor relay: {e}"))
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -91,10 +91,10 @@ impl StepResult {
 
     /// CPU seconds per 10k on the gateway side: the broker the load
     /// enters (`mosquitto`, or bridge broker A) plus the relay, if any
-    /// (hearthlink or the naive relay). The bridge's broker B and the
+    /// (hearthlink, the naive or the floor relay). The bridge's broker B and the
     /// bench's sink stand for the cloud and are not counted.
     pub fn gateway_cpu(&self) -> f64 {
-        const GATEWAY: [&str; 4] = ["mosquitto-a", "mosquitto", "hearthlink", "naive"];
+        const GATEWAY: [&str; 5] = ["mosquitto-a", "mosquitto", "hearthlink", "naive", "floor"];
         GATEWAY
             .iter()
             .filter_map(|n| self.proc(n))
@@ -135,6 +135,7 @@ fn short(name: &str) -> &str {
         "mosquitto-b" => "b",
         "hearthlink" => "hl",
         "naive" => "nv",
+        "floor" => "fl",
         other => other,
     }
 }
@@ -231,8 +232,9 @@ pub fn rows(results: &[StepResult]) -> String {
     out
 }
 
-/// Ratios hearthlink-up / bridge-q0, / direct and / naive-relay per rate,
-/// and the naive relay's own against the bridge (the reference).
+/// Ratios hearthlink-up / bridge-q0, / direct, / naive-relay and / floor-relay
+/// per rate, and the naive and floor relays' own against the bridge (the
+/// issue's reference, and what any separate relay process costs).
 pub fn ratios(results: &[StepResult]) -> String {
     let mut out = String::new();
     let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
@@ -246,6 +248,8 @@ pub fn ratios(results: &[StepResult]) -> String {
         ("hearthlink-up-tcp", "bridge-q0"),
         ("hearthlink-up-tcp", "naive-relay"),
         ("naive-relay", "bridge-q0"),
+        ("hearthlink-up", "floor-relay"),
+        ("floor-relay", "bridge-q0"),
     ];
     for rate in rates {
         for (path, base) in pairs {

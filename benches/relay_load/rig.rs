@@ -37,10 +37,12 @@ pub enum PathKind {
     Links,
     /// The naive relay (see [`crate::naive`]) in hearthlink's place.
     Naive,
+    /// The floor relay (see [`crate::floor`]) in hearthlink's place.
+    Floor,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 8] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Direct,
         PathKind::Bridge { qos: 0 },
         PathKind::Bridge { qos: 1 },
@@ -49,6 +51,7 @@ impl PathKind {
         PathKind::Down,
         PathKind::Links,
         PathKind::Naive,
+        PathKind::Floor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl PathKind {
             PathKind::Down => "hearthlink-down",
             PathKind::Links => "hearthlink-links",
             PathKind::Naive => "naive-relay",
+            PathKind::Floor => "floor-relay",
         }
     }
 }
@@ -157,7 +161,12 @@ impl Rig {
                     quiet: opts.quiet_topics,
                 }
             }
-            PathKind::Up | PathKind::UpTcp | PathKind::Down | PathKind::Links | PathKind::Naive => {
+            PathKind::Up
+            | PathKind::UpTcp
+            | PathKind::Down
+            | PathKind::Links
+            | PathKind::Naive
+            | PathKind::Floor => {
                 let certs = Certs::generate(d)?;
                 let p = procs::free_port().map_err(io)?;
                 // hearthlink reaches the broker through its Unix socket,
@@ -181,10 +190,10 @@ impl Rig {
                     ca_file: &certs.ca_file,
                     token: &s.token,
                 };
-                procs.push(if kind == PathKind::Naive {
-                    procs::naive_relay(&setup)?
-                } else {
-                    procs::hearthlink(&opts.bin, &setup)?
+                procs.push(match kind {
+                    PathKind::Naive => procs::naive_relay(&setup)?,
+                    PathKind::Floor => procs::floor_relay(&setup)?,
+                    _ => procs::hearthlink(&opts.bin, &setup)?,
                 });
                 if let Err(e) = s.wait_hello(STARTUP).await {
                     return Err(hearthlink_failed(&mut procs, e));
@@ -217,7 +226,7 @@ impl Rig {
                     }
                 };
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                if kind != PathKind::Naive {
+                if !matches!(kind, PathKind::Naive | PathKind::Floor) {
                     idle = procs.last().map(Proc::idle_mem);
                 }
                 if kind == PathKind::Links {
