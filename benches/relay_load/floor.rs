@@ -24,11 +24,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::client;
 
 /// The flag that turns the bench binary into the floor relay.
 pub const FLAG: &str = "--floor-relay";
@@ -86,32 +84,11 @@ type Ws = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, T
 
 /// The TLS websocket to the sink, through `hello` and `welcome`.
 fn cloud(sink: u16, ca: &[u8], token: &str) -> Result<Ws, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca[..]) {
-        let cert = cert.map_err(|e| format!("CA file: {e}"))?;
-        roots.add(cert).map_err(|e| format!("CA file: {e}"))?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(client::tls_config(ca)?, client::server_name()?)
+        .map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(("127.0.0.1", sink)).map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    let mut req = format!("wss://localhost:{sink}/v1/gateway")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let headers = req.headers_mut();
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-    headers.insert("Authorization", bearer);
-    headers.insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(crate::sink::SUBPROTOCOL),
-    );
+    let req = client::request(sink, token)?;
     let (mut ws, _) = tungstenite::client::client(req, rustls::StreamOwned::new(conn, tcp))
         .map_err(|e| format!("websocket: {e}"))?;
     ws.send(Message::Text(

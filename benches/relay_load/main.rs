@@ -27,6 +27,7 @@
 //! # Layout
 //! - [`procs`]: child processes, their configs, `/proc` readings.
 //! - [`certs`]: the generated CA and server certificate.
+//! - [`client`]: how the bench's own relays reach the sink.
 //! - [`load`]: schedule (timerfd ticks), payloads, MQTT clients.
 //! - [`sink`]: the TLS websocket cloud end.
 //! - [`naive`]: the naive relay, run as a child of this binary.
@@ -37,6 +38,7 @@
 //! - [`report`]: tables, ratios, budgets, JSON.
 
 mod certs;
+mod client;
 mod floor;
 mod load;
 mod naive;

@@ -12,14 +12,12 @@
 //! reconnect, no heartbeat. Its frames have the daemon's layout, so the
 //! sink records them as it records hearthlink's.
 
-use std::sync::Arc;
-
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::client;
 
 /// The flag that turns the bench binary into the naive relay.
 pub const FLAG: &str = "--naive-relay";
@@ -42,37 +40,15 @@ pub fn main(args: &[String]) -> Result<(), String> {
 }
 
 async fn relay(broker: u16, sink: u16, ca: &[u8], token: &str) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca[..]) {
-        let cert = cert.map_err(|e| format!("CA file: {e}"))?;
-        roots.add(cert).map_err(|e| format!("CA file: {e}"))?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = TcpStream::connect(("127.0.0.1", sink))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
+    let tls = tokio_rustls::TlsConnector::from(client::tls_config(ca)?)
+        .connect(client::server_name()?, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    let mut req = format!("wss://localhost:{sink}/v1/gateway")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let headers = req.headers_mut();
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-    headers.insert("Authorization", bearer);
-    headers.insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(crate::sink::SUBPROTOCOL),
-    );
+    let req = client::request(sink, token)?;
     let (mut ws, _) = tokio_tungstenite::client_async(req, tls)
         .await
         .map_err(|e| format!("websocket: {e}"))?;
