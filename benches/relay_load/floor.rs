@@ -24,6 +24,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::client;

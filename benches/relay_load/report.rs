@@ -91,8 +91,8 @@ impl StepResult {
 
     /// CPU seconds per 10k on the gateway side: the broker the load
     /// enters (`mosquitto`, or bridge broker A) plus the relay, if any
-    /// (hearthlink, the naive or the floor relay). The bridge's broker B and the
-    /// bench's sink stand for the cloud and are not counted.
+    /// (hearthlink, the naive or the floor relay). The bridge's broker B
+    /// and the bench's sink stand for the cloud and are not counted.
     pub fn gateway_cpu(&self) -> f64 {
         const GATEWAY: [&str; 5] = ["mosquitto-a", "mosquitto", "hearthlink", "naive", "floor"];
         GATEWAY
