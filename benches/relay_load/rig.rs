@@ -170,8 +170,8 @@ impl Rig {
                 let certs = Certs::generate(d)?;
                 let p = procs::free_port().map_err(io)?;
                 // hearthlink and the floor relay reach the broker through
-                // its Unix socket, except on the TCP path; the publisher, the subscriber and
-                // the naive relay always use TCP.
+                // its Unix socket, except on the TCP path; the publisher,
+                // the subscriber and the naive relay always use TCP.
                 let socket = match kind {
                     PathKind::UpTcp | PathKind::Naive => None,
                     _ => Some(d.join("mqtt.sock")),
