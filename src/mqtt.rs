@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{jitter, Backoff};
 use crate::clock::Clock;
-use crate::config::MqttConfig;
+use crate::config::{BrokerAddr, MqttConfig};
 use crate::gate::Gate;
 use crate::notify::Notifier;
 use crate::stats::Stats;
@@ -160,14 +160,14 @@ pub struct StatusTopic {
 
 /// Builds the rumqttc options from the configuration.
 fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
-    let mut o = match &cfg.socket {
+    let mut o = match &cfg.broker {
+        BrokerAddr::Tcp { host, port } => MqttOptions::new(cfg.client_id.clone(), host, *port),
         // rumqttc takes the socket's path in place of the host name.
-        Some(path) => {
+        BrokerAddr::Unix(path) => {
             let mut o = MqttOptions::new(cfg.client_id.clone(), path.to_string_lossy(), 0);
             o.set_transport(rumqttc::Transport::Unix);
             o
         }
-        None => MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port),
     };
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
         .set_clean_session(true)
@@ -229,7 +229,7 @@ pub fn spawn(
         client,
         eventloop,
         shared,
-        addr: cfg.endpoint(),
+        addr: cfg.broker.to_string(),
         cfg,
         w,
         ready_sent: false,
@@ -369,7 +369,7 @@ impl Task {
         if cfg == self.cfg {
             return false;
         }
-        let addr = cfg.endpoint();
+        let addr = cfg.broker.to_string();
         tracing::info!(broker = %addr, "broker settings changed; reconnecting");
         let _ = self.client.try_disconnect();
         self.on_disconnected("broker settings changed");

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hearthlink::config::{self, ConfigError, Loaded, PrivacyMode};
+use hearthlink::config::{self, BrokerAddr, ConfigError, Loaded, PrivacyMode};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -82,6 +82,14 @@ fn every_invalid_fixture_fails_naming_its_key() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// `mqtt.port` of a configuration that reaches the broker over TCP.
+fn port(c: &config::Config) -> u16 {
+    match &c.mqtt.broker {
+        BrokerAddr::Tcp { port, .. } => *port,
+        other => panic!("expected a TCP broker, got {other}"),
+    }
+}
+
 #[test]
 fn full_fixture_sets_every_key() {
     let c = fixture("full.toml", &[]).expect("full.toml").config;
@@ -91,13 +99,8 @@ fn full_fixture_sets_every_key() {
         Path::new("/tmp/hearthlink-fixture/ctl.sock")
     );
     assert_eq!(
-        (
-            c.mqtt.host.as_str(),
-            c.mqtt.port,
-            c.mqtt.qos,
-            c.mqtt.keep_alive_s
-        ),
-        ("broker.lan", 8883, 2, 60)
+        (c.mqtt.broker.to_string(), c.mqtt.qos, c.mqtt.keep_alive_s),
+        ("broker.lan:8883".to_owned(), 2, 60)
     );
     assert_eq!(c.mqtt.client_id, "hl-living-room");
     assert_eq!(
@@ -165,7 +168,7 @@ fn env_overrides_top_level_nested_and_lists() {
     .expect("overrides apply")
     .config;
     assert_eq!(c.gateway_id, "007");
-    assert_eq!(c.mqtt.port, 1884);
+    assert_eq!(port(&c), 1884);
     assert_eq!(c.mqtt.subscribe, ["a/#", "b/+"]);
     assert_eq!(c.privacy.allow_keys, ["value", "state"]);
     assert_eq!(c.cloud.heartbeat_s, 5);
@@ -174,11 +177,11 @@ fn env_overrides_top_level_nested_and_lists() {
 #[test]
 fn env_beats_file_beats_default() {
     let file = fixture("full.toml", &[]).expect("full").config;
-    assert_eq!(file.mqtt.port, 8883);
+    assert_eq!(port(&file), 8883);
     let env = fixture("full.toml", &[("HEARTHLINK__MQTT__PORT", "1")])
         .expect("env")
         .config;
-    assert_eq!(env.mqtt.port, 1);
+    assert_eq!(port(&env), 1);
     let unset = fixture(
         "full.toml",
         &[

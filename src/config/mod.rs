@@ -155,12 +155,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
-    /// The broker's TCP address; unused when `socket` is set.
-    pub host: String,
-    pub port: u16,
-    /// The broker's Unix socket (Mosquitto: `listener 0 PATH`), used
-    /// instead of TCP when set. Exclusive with `host` and `port`.
-    pub socket: Option<PathBuf>,
+    pub broker: BrokerAddr,
     pub client_id: String,
     pub username: Option<String>,
     /// Read from `password_file` at load, line ending removed.
@@ -172,12 +167,22 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
 }
 
-impl MqttConfig {
-    /// Where the broker is, for messages: `host:port` or the socket's path.
-    pub fn endpoint(&self) -> String {
-        match &self.socket {
-            Some(path) => format!("unix:{}", path.display()),
-            None => format!("{}:{}", self.host, self.port),
+/// Where the local broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerAddr {
+    /// `mqtt.host` and `mqtt.port` (default `127.0.0.1:1883`).
+    Tcp { host: String, port: u16 },
+    /// `mqtt.socket` (Mosquitto: `listener 0 PATH`), exclusive with
+    /// `mqtt.host` and `mqtt.port`.
+    Unix(PathBuf),
+}
+
+/// For messages: `host:port`, or `unix:PATH`.
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BrokerAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }

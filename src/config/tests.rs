@@ -44,9 +44,13 @@ fn minimal_config_gets_every_default() {
     let c = loaded.config;
     assert_eq!(c.control_socket, dir.path().join("control.sock"));
     assert_eq!(
-        (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.qos),
-        ("127.0.0.1", 1883, 1)
+        c.mqtt.broker,
+        BrokerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1883
+        }
     );
+    assert_eq!(c.mqtt.qos, 1);
     assert_eq!(c.mqtt.client_id, "hearthlink-gw-1");
     assert_eq!(c.mqtt.subscribe, ["ampio/from/#"]);
     assert_eq!(c.mqtt.keep_alive_s, 30);
@@ -179,7 +183,11 @@ fn env_overrides_every_layer_with_string_types_kept() {
     let c = loaded.config;
     assert_eq!(c.gateway_id, "007");
     assert_eq!(c.mqtt.client_id, "hearthlink-007");
-    assert_eq!(c.mqtt.port, 1884);
+    assert!(
+        matches!(c.mqtt.broker, BrokerAddr::Tcp { port: 1884, .. }),
+        "{:?}",
+        c.mqtt.broker
+    );
     assert_eq!(c.mqtt.subscribe, ["a/#", "b/+"]);
     assert!(c.cloud.allow_insecure);
     assert_eq!(c.limits.commands_per_second, 2.5);
@@ -451,18 +459,18 @@ fn edit_distance_counts_swaps_once() {
 fn mqtt_socket_replaces_host_and_port() {
     let (_dir, toml) = setup();
     let c = load_ok(&toml, &[]).config;
-    assert_eq!(c.mqtt.socket, None);
-    assert_eq!(c.mqtt.endpoint(), "127.0.0.1:1883");
+    assert_eq!(c.mqtt.broker.to_string(), "127.0.0.1:1883");
 
     let sock = "/run/mosquitto/mosquitto.sock";
+    let unix = BrokerAddr::Unix(PathBuf::from(sock));
     let c = load_ok(&format!("{toml}[mqtt]\nsocket = {sock:?}\n"), &[]).config;
-    assert_eq!(c.mqtt.socket.as_deref(), Some(Path::new(sock)));
-    assert_eq!(c.mqtt.endpoint(), format!("unix:{sock}"));
+    assert_eq!(c.mqtt.broker, unix);
+    assert_eq!(c.mqtt.broker.to_string(), format!("unix:{sock}"));
     // From the environment too; an empty value unsets it.
     let c = load_ok(&toml, &[("HEARTHLINK__MQTT__SOCKET", sock)]).config;
-    assert_eq!(c.mqtt.socket.as_deref(), Some(Path::new(sock)));
+    assert_eq!(c.mqtt.broker, unix);
     let c = load_ok(&toml, &[("HEARTHLINK__MQTT__SOCKET", "")]).config;
-    assert_eq!(c.mqtt.socket, None);
+    assert_eq!(c.mqtt.broker.to_string(), "127.0.0.1:1883");
 
     // Exclusive with host and port, wherever each is set.
     let e = load_err(

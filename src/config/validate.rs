@@ -98,20 +98,50 @@ pub(super) fn control_socket(
     Ok(path)
 }
 
+/// `mqtt.host`: an IP address or a host name, without scheme or port.
+fn mqtt_host(host: String) -> Result<String, ConfigError> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(host);
+    }
+    if host.contains("://") {
+        return Err(invalid(
+            "mqtt.host",
+            format!("expected a host name or IP address without a scheme, got {host:?}"),
+        ));
+    }
+    if host.contains(':') {
+        return Err(invalid(
+            "mqtt.host",
+            format!("expected a host name or IP address, got {host:?}; put the port in mqtt.port"),
+        ));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        let hint = if host.starts_with('/') {
+            "; a Unix socket goes in mqtt.socket"
+        } else {
+            ""
+        };
+        return Err(invalid(
+            "mqtt.host",
+            format!("expected a host name or IP address, got {host:?}{hint}"),
+        ));
+    }
+    Ok(host)
+}
+
 pub(super) fn mqtt(
     raw: RawMqtt,
     gateway_id: &str,
     w: &mut Vec<String>,
 ) -> Result<MqttConfig, ConfigError> {
-    let socket = match raw.socket {
-        None => None,
+    let broker = match raw.socket {
         Some(path) => {
-            if raw.host.is_some() || raw.port.is_some() {
-                let both = if raw.host.is_some() {
-                    "mqtt.host"
-                } else {
-                    "mqtt.port"
-                };
+            let tcp_key = match (&raw.host, raw.port) {
+                (Some(_), _) => Some("mqtt.host"),
+                (None, Some(_)) => Some("mqtt.port"),
+                (None, None) => None,
+            };
+            if let Some(both) = tcp_key {
                 return Err(invalid(
                     "mqtt.socket",
                     format!(
@@ -130,37 +160,13 @@ pub(super) fn mqtt(
                 ));
             }
             warn_relative("mqtt.socket", &path, w);
-            Some(path)
+            BrokerAddr::Unix(path)
         }
+        None => BrokerAddr::Tcp {
+            host: mqtt_host(raw.host.unwrap_or_else(|| "127.0.0.1".to_owned()))?,
+            port: raw.port.unwrap_or(1883),
+        },
     };
-    let host = raw.host.unwrap_or_else(|| "127.0.0.1".to_owned());
-    if host.parse::<std::net::IpAddr>().is_err() {
-        if host.contains("://") {
-            return Err(invalid(
-                "mqtt.host",
-                format!("expected a host name or IP address without a scheme, got {host:?}"),
-            ));
-        }
-        if host.contains(':') {
-            return Err(invalid(
-                "mqtt.host",
-                format!(
-                    "expected a host name or IP address, got {host:?}; put the port in mqtt.port"
-                ),
-            ));
-        }
-        if host.chars().any(|c| c.is_whitespace() || c == '/') {
-            let hint = if host.starts_with('/') {
-                "; a Unix socket goes in mqtt.socket"
-            } else {
-                ""
-            };
-            return Err(invalid(
-                "mqtt.host",
-                format!("expected a host name or IP address, got {host:?}{hint}"),
-            ));
-        }
-    }
     let client_id = raw
         .client_id
         .unwrap_or_else(|| format!("hearthlink-{gateway_id}"));
@@ -195,9 +201,7 @@ pub(super) fn mqtt(
     }
     check_filters("mqtt.subscribe", &raw.subscribe)?;
     Ok(MqttConfig {
-        host,
-        port: raw.port.unwrap_or(1883),
-        socket,
+        broker,
         client_id,
         username: raw.username,
         password,
