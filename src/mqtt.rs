@@ -263,14 +263,31 @@ impl Task {
         // (a poll elsewhere would take its waker); rare waits below use
         // fresh `token.cancelled()` futures.
         let stop_gate = Gate::new();
+        // The settings watch, likewise: one future living across
+        // iterations, behind a gate (a fresh `changed()` on every pass
+        // would add and remove a waiter under the watch's lock each time).
+        // It watches a clone of `w.cfg` and hands it back with each change.
+        let next_settings = |mut rx: watch::Receiver<MqttConfig>| async move {
+            let r = rx.changed().await;
+            r.map(|()| rx)
+        };
+        let mut settings = std::pin::pin!(next_settings(self.w.cfg.clone()));
+        let (settings_gate, mut settings_live) = (Gate::new(), true);
         loop {
             // `poll` is only ever abandoned at shutdown or when new broker
             // settings replace the event loop: it is not cancel-safe.
             let ev = tokio::select! {
                 _ = stop_gate.wait(|cx| cancelled.as_mut().poll(cx)) => break,
-                Ok(()) = self.w.cfg.changed() => {
-                    if self.reconfigure() {
-                        up_since = None;
+                r = settings_gate.wait(|cx| settings.as_mut().poll(cx)), if settings_live => {
+                    match r {
+                        Ok(mut rx) => {
+                            let cfg = rx.borrow_and_update().clone();
+                            settings.set(next_settings(rx));
+                            if self.reconfigure(cfg) {
+                                up_since = None;
+                            }
+                        }
+                        Err(_) => settings_live = false, // no more reloads
                     }
                     continue;
                 }
@@ -364,8 +381,7 @@ impl Task {
 
     /// New broker settings: drop the connection and start over with them.
     /// Returns false when nothing that matters changed.
-    fn reconfigure(&mut self) -> bool {
-        let cfg = self.w.cfg.borrow_and_update().clone();
+    fn reconfigure(&mut self, cfg: MqttConfig) -> bool {
         if cfg == self.cfg {
             return false;
         }

@@ -573,14 +573,22 @@ impl<'a> Session<'a> {
     }
 
     /// Writes `first` and whatever else is queued (priority frames first),
-    /// then flushes once, all within two heartbeats.
+    /// then flushes once, all within two heartbeats. The timer is armed
+    /// only if the batch has to wait for the socket: most batches are
+    /// written at the first poll, and a timer made and dropped for each
+    /// of them would cost a clock read and a timer entry.
     async fn write_batch(&mut self, first: OutFrame) -> Step {
         let deadline = self.heartbeat * 2;
         let mut told = Vec::new();
-        let result = match tokio::time::timeout(deadline, self.write_frames(first, &mut told)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CloudError::WriteTimeout),
+        let result = {
+            let mut write = std::pin::pin!(self.write_frames(first, &mut told));
+            match futures_util::poll!(write.as_mut()) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => match tokio::time::timeout(deadline, write).await {
+                    Ok(r) => r,
+                    Err(_) => Err(CloudError::WriteTimeout),
+                },
+            }
         };
         if let Err(e) = result {
             return Step::Stop(Err(e));
