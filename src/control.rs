@@ -281,12 +281,15 @@ pub async fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
 /// Returns false when it was already revoked.
 pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::LinksError> {
     let _lock = links::StateLock::try_acquire(state_dir)?;
-    let registry = Registry::from_file(links::load_file(state_dir)?)?;
+    let (mut store, file) = links::Store::open(state_dir)?;
+    let registry = Registry::from_file(file)?;
     let kind = registry.load().get(link_id).map(|l| l.kind);
     let at = crate::clock::local_ms();
     let newly = registry.revoke(link_id, Origin::Local, at);
     if newly {
-        links::save(state_dir, &registry.load().to_file())?;
+        // Durable in one write, and `links.json` current before we exit.
+        store.save(registry.load().to_file())?;
+        store.mirror()?;
         crate::audit::append(
             state_dir,
             &[crate::audit::Record::Revoke {
@@ -300,7 +303,14 @@ pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::Li
             path: state_dir.join(crate::audit::AUDIT_FILE),
             source: std::io::Error::other(e.to_string()),
         })?;
-        give_to_dir_owner(state_dir, &[links::LINKS_FILE, crate::audit::AUDIT_FILE]);
+        give_to_dir_owner(
+            state_dir,
+            &[
+                links::LINKS_FILE,
+                links::SLOTS_FILE,
+                crate::audit::AUDIT_FILE,
+            ],
+        );
     }
     Ok(newly)
 }

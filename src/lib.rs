@@ -11,9 +11,9 @@
 //! - [`links`]: the link registry (lock-free snapshot) and its persistence.
 //! - [`audit`]: the task owning the audit trail, and its export.
 //! - [`control`]: the local control socket and its command-line client.
-//! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`stats`],
-//!   [`gate`]:
-//!   small pure helpers.
+//! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`slots`],
+//!   [`stats`], [`gate`]:
+//!   small helpers.
 //!
 //! [`run`] wires the tasks together; `main.rs` only parses arguments.
 //!
@@ -46,6 +46,7 @@ pub mod privacy;
 pub mod protocol;
 pub mod relay;
 pub mod reload;
+pub mod slots;
 pub mod stats;
 pub mod topic;
 
@@ -105,7 +106,8 @@ pub async fn run_with(
     let state_dir = config.state_dir.clone();
     create_state_dir(&state_dir)?;
     let _lock = links::StateLock::try_acquire(&state_dir)?;
-    let registry = Arc::new(links::Registry::from_file(links::load_file(&state_dir)?)?);
+    let (links_store, links_file) = links::Store::open(&state_dir)?;
+    let registry = Arc::new(links::Registry::from_file(links_file)?);
     let clock = Arc::new(clock::Clock::default());
     let stats = Arc::new(stats::Stats::default());
     let started = std::time::Instant::now();
@@ -117,8 +119,7 @@ pub async fn run_with(
     let mut sink_tasks = JoinSet::new();
     let (audit, audit_task) = audit::spawn(&state_dir, &config.audit, sinks.clone());
     sink_tasks.spawn(audit_task);
-    let (store, store_task) =
-        relay::spawn_store(state_dir.clone(), registry.clone(), sinks.clone());
+    let (store, store_task) = relay::spawn_store(links_store, registry.clone(), sinks.clone());
     sink_tasks.spawn(store_task);
 
     let (mqtt_tx, mqtt_rx) = mpsc::channel(1024);

@@ -11,9 +11,15 @@
 //! Revoked ids are kept forever as tombstones: a revoked id can never be
 //! made active again (protocol section 4, `link`).
 //!
-//! Persistence is by [`save`] (temp file + fsync + rename), called from the
-//! one task that owns the file (the relay's store task) or, with no daemon
-//! running, from the command line under the state-dir lock ([`StateLock`]).
+//! Persistence is by a [`Store`], used by the one task that owns the files
+//! (the relay's store task) or, with no daemon running, by the command line
+//! under the state-dir lock ([`StateLock`]). A change is made durable in
+//! `links.slots` (one in-place write and one data flush, see
+//! [`crate::slots`]), then mirrored to `links.json` (temp file, fsync,
+//! rename) when nothing else waits: the mirror is what people and older
+//! versions read. Each write carries a sequence number, and [`load_file`]
+//! takes the newer of the two, so an acknowledged change is never lost to
+//! a mirror that a power loss cut short.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,10 +29,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::slots::{SlotError, Slots};
 use crate::topic::FilterSet;
 
 /// File name of the registry inside `state_dir`.
 pub const LINKS_FILE: &str = "links.json";
+/// File name of the registry's slot file inside `state_dir`.
+pub const SLOTS_FILE: &str = "links.slots";
 /// File name of the lock a running daemon holds inside `state_dir`.
 pub const LOCK_FILE: &str = "hearthlink.lock";
 
@@ -144,6 +153,7 @@ impl Snapshot {
         revoked.sort_by(|a, b| a.id.cmp(&b.id));
         LinksFile {
             version: 1,
+            seq: 0, // set by the store
             links: self
                 .active
                 .iter()
@@ -349,36 +359,180 @@ pub struct StoredLink {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinksFile {
     pub version: u32,
+    /// Number of the write that made it (0 in files of older versions):
+    /// the newer of `links.json` and `links.slots` is the state.
+    #[serde(default)]
+    pub seq: u64,
     #[serde(default)]
     pub links: Vec<StoredLink>,
     #[serde(default)]
     pub revoked: Vec<Revoked>,
 }
 
-/// Reads `state_dir/links.json`; a missing file is an empty registry.
+/// Reads the registry's state: the newer of `links.json` and the newest
+/// whole record of `links.slots`. Missing files are an empty registry.
 pub fn load_file(state_dir: &Path) -> Result<LinksFile, LinksError> {
+    Ok(load(state_dir)?.file)
+}
+
+/// What [`load`] found.
+struct Loaded {
+    file: LinksFile,
+    /// The slot file ready for the next write (`None` when missing: the
+    /// next write makes one).
+    slots: Option<Slots>,
+    /// The slot record's text when it is newer than `links.json`.
+    unmirrored: Option<Vec<u8>>,
+}
+
+fn load(state_dir: &Path) -> Result<Loaded, LinksError> {
     let path = state_dir.join(LINKS_FILE);
-    match std::fs::read(&path) {
+    let json = match std::fs::read(&path) {
         Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|source| LinksError::Parse { path, source })
+            serde_json::from_slice(&bytes).map_err(|source| LinksError::Parse { path, source })?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LinksFile {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LinksFile {
             version: 1,
             ..LinksFile::default()
+        },
+        Err(source) => return Err(LinksError::Read { path, source }),
+    };
+    let path = state_dir.join(SLOTS_FILE);
+    let (slots, record) = match Slots::open(&path) {
+        Ok(Some((slots, record))) => (Some(slots), record),
+        Ok(None) => (None, None),
+        // It may hold the newest state (an acknowledged revocation):
+        // starting from `links.json` alone could bring a revoked link back.
+        Err(SlotError::Io { path, source }) => return Err(LinksError::Read { path, source }),
+        Err(SlotError::Size { path, size }) => {
+            return Err(LinksError::Read {
+                path,
+                source: std::io::Error::other(format!("size {size} is not two slots")),
+            })
+        }
+        Err(e @ SlotError::TooLarge { .. }) => {
+            return Err(LinksError::Read {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })
+        }
+    };
+    match record {
+        Some(r) if r.seq > json.seq => {
+            let file = serde_json::from_slice(&r.body)
+                .map_err(|source| LinksError::Parse { path, source })?;
+            Ok(Loaded {
+                file,
+                slots,
+                unmirrored: Some(r.body),
+            })
+        }
+        _ => Ok(Loaded {
+            file: json,
+            slots,
+            unmirrored: None,
         }),
-        Err(source) => Err(LinksError::Read { path, source }),
     }
 }
 
-/// Writes `state_dir/links.json` durably.
-pub fn save(state_dir: &Path, file: &LinksFile) -> Result<(), LinksError> {
-    let path = state_dir.join(LINKS_FILE);
-    let bytes = serde_json::to_vec_pretty(file).map_err(|e| LinksError::Write {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    crate::durable::write_atomic(&path, &bytes, 0o600)
-        .map_err(|source| LinksError::Write { path, source })
+/// Writes the registry's state durably (see the module doc). One owner at
+/// a time: the daemon's store task, or the command line under the lock.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    /// Number of the last write (or of the state loaded).
+    seq: u64,
+    slots: Option<Slots>,
+    /// The last state made durable in a slot only, for `links.json`.
+    unmirrored: Option<Vec<u8>>,
+}
+
+/// Where a [`Store::save`] made the state durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// In `links.slots`; `links.json` waits for [`Store::mirror`].
+    Slot,
+    /// In `links.json` (the slot file was missing, damaged or too small).
+    Json,
+}
+
+impl Store {
+    /// Opens `state_dir`'s state: the store and the registry's content.
+    /// When the slot file is the newer, `links.json` is due a copy.
+    pub fn open(state_dir: &Path) -> Result<(Store, LinksFile), LinksError> {
+        let Loaded {
+            file,
+            slots,
+            unmirrored,
+        } = load(state_dir)?;
+        let seq = file.seq.max(slots.as_ref().map_or(0, Slots::newest));
+        let store = Store {
+            dir: state_dir.to_owned(),
+            seq,
+            slots,
+            unmirrored,
+        };
+        Ok((store, file))
+    }
+
+    /// Makes `file` durable as the next write. When the slot write fails
+    /// (missing, damaged or too small file, an I/O error), `links.json` is
+    /// written instead and a new slot file made for the next time.
+    pub fn save(&mut self, mut file: LinksFile) -> Result<Durable, LinksError> {
+        self.seq += 1;
+        file.seq = self.seq;
+        let json_path = self.dir.join(LINKS_FILE);
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| LinksError::Write {
+            path: json_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        if let Some(slots) = &mut self.slots {
+            match slots.write(self.seq, &bytes) {
+                Ok(()) => {
+                    self.unmirrored = Some(bytes);
+                    return Ok(Durable::Slot);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "slot write failed; writing links.json instead");
+                    self.slots = None;
+                }
+            }
+        }
+        crate::durable::write_atomic(&json_path, &bytes, 0o600).map_err(|source| {
+            LinksError::Write {
+                path: json_path,
+                source,
+            }
+        })?;
+        self.unmirrored = None;
+        // `links.json` now holds the newest state: a new, empty slot file
+        // loses nothing.
+        let path = self.dir.join(SLOTS_FILE);
+        match Slots::create(&path, 2 * bytes.len(), 0o600) {
+            Ok(slots) => self.slots = Some(slots),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make the slot file; links.json is written each time")
+            }
+        }
+        Ok(Durable::Json)
+    }
+
+    /// True when the newest state is not in `links.json` yet.
+    pub fn needs_mirror(&self) -> bool {
+        self.unmirrored.is_some()
+    }
+
+    /// Copies the newest state to `links.json` (temp file, fsync, rename).
+    pub fn mirror(&mut self) -> Result<(), LinksError> {
+        let Some(bytes) = &self.unmirrored else {
+            return Ok(());
+        };
+        let path = self.dir.join(LINKS_FILE);
+        crate::durable::write_atomic(&path, bytes, 0o600)
+            .map_err(|source| LinksError::Write { path, source })?;
+        self.unmirrored = None;
+        Ok(())
+    }
 }
 
 /// An exclusive lock on `state_dir`, held by a running daemon for its whole
@@ -469,11 +623,15 @@ mod tests {
             .expect("a");
         r.upsert("b", Kind::Other, vec![], vec![]).expect("b");
         r.revoke("b", Origin::Cloud, 9);
-        save(dir.path(), &r.load().to_file()).expect("save");
-        let back = Registry::from_file(load_file(dir.path()).expect("load")).expect("registry");
-        assert!(back.load().is_active("a"));
-        assert!(back.load().is_revoked("b"));
-        assert_eq!(back.load().to_file(), r.load().to_file());
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        // Through links.json (the first write), then through a slot.
+        for way in [Durable::Json, Durable::Slot] {
+            assert_eq!(store.save(r.load().to_file()).expect("save"), way);
+            let back = Registry::from_file(load_file(dir.path()).expect("load")).expect("registry");
+            assert!(back.load().is_active("a"));
+            assert!(back.load().is_revoked("b"));
+            assert_eq!(back.load().to_file(), r.load().to_file());
+        }
     }
 
     #[test]
@@ -495,5 +653,100 @@ mod tests {
         ));
         drop(first);
         StateLock::try_acquire(dir.path()).expect("lock after release");
+    }
+
+    /// The registry's state as a reader sees it: ids of active and revoked.
+    fn ids(file: &LinksFile) -> (Vec<&str>, Vec<&str>) {
+        (
+            file.links.iter().map(|l| l.id.as_str()).collect(),
+            file.revoked.iter().map(|r| r.id.as_str()).collect(),
+        )
+    }
+
+    fn json_on_disk(dir: &Path) -> LinksFile {
+        serde_json::from_slice(&std::fs::read(dir.join(LINKS_FILE)).expect("links.json"))
+            .expect("links.json parses")
+    }
+
+    #[test]
+    fn store_acks_from_a_slot_and_the_newer_copy_wins_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, file) = Store::open(dir.path()).expect("open empty");
+        assert_eq!(file.seq, 0);
+        let r = Registry::from_file(file).expect("registry");
+        r.upsert("a", Kind::Alexa, vec!["x/#".into()], vec![])
+            .expect("link a");
+        // No slot file yet: the first write is links.json, and makes one.
+        assert!(matches!(store.save(r.load().to_file()), Ok(Durable::Json)));
+        assert!(dir.path().join(SLOTS_FILE).exists());
+        assert!(!store.needs_mirror());
+        // Next: one slot write; links.json still shows the link active.
+        r.revoke("a", Origin::Cloud, 7);
+        assert!(matches!(store.save(r.load().to_file()), Ok(Durable::Slot)));
+        assert!(store.needs_mirror());
+        assert_eq!(ids(&json_on_disk(dir.path())), (vec!["a"], vec![]));
+        // A reader (a restart after a power loss here) takes the slot, and
+        // a store opened then owes links.json the copy.
+        let loaded = load_file(dir.path()).expect("load");
+        assert_eq!(loaded.seq, 2);
+        assert_eq!(ids(&loaded), (vec![], vec!["a"]));
+        let (mut restarted, _) = Store::open(dir.path()).expect("reopen");
+        assert!(restarted.needs_mirror());
+        restarted.mirror().expect("mirror after a restart");
+        assert_eq!(json_on_disk(dir.path()).seq, 2);
+        // The copy catches up, with the same number.
+        store.mirror().expect("mirror");
+        assert!(!store.needs_mirror());
+        let json = json_on_disk(dir.path());
+        assert_eq!((json.seq, ids(&json)), (2, (vec![], vec!["a"])));
+        // Reopened, numbering goes on from the newest.
+        let (mut again, file) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(file.seq, 2);
+        assert!(matches!(again.save(file), Ok(Durable::Slot)));
+        assert_eq!(load_file(dir.path()).expect("load").seq, 3);
+    }
+
+    #[test]
+    fn a_lost_slot_file_falls_back_to_links_json_and_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, file) = Store::open(dir.path()).expect("open");
+        let r = Registry::from_file(file).expect("registry");
+        r.revoke("gone", Origin::Local, 1);
+        store.save(r.load().to_file()).expect("first write");
+        store.save(r.load().to_file()).expect("slot write");
+        store.mirror().expect("mirror");
+        std::fs::remove_file(dir.path().join(SLOTS_FILE)).expect("rm slots");
+        r.revoke("gone-too", Origin::Local, 2);
+        assert!(matches!(store.save(r.load().to_file()), Ok(Durable::Json)));
+        assert_eq!(ids(&json_on_disk(dir.path())).1, vec!["gone", "gone-too"]);
+        assert!(dir.path().join(SLOTS_FILE).exists(), "made again");
+        assert!(matches!(store.save(r.load().to_file()), Ok(Durable::Slot)));
+        assert_eq!(load_file(dir.path()).expect("load").seq, 4);
+    }
+
+    #[test]
+    fn a_damaged_slot_file_is_an_error_naming_it_not_a_silent_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(SLOTS_FILE), b"odd").expect("write");
+        let e = load_file(dir.path()).expect_err("damaged slot file");
+        let text = e.to_string();
+        assert!(
+            text.contains(SLOTS_FILE) && text.contains("not two slots"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn links_json_of_older_versions_loads_with_number_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(LINKS_FILE),
+            br#"{"version":1,"links":[],"revoked":[{"id":"old","origin":"cloud","at_ms":5,"cloud_told":true}]}"#,
+        )
+        .expect("write");
+        let (mut store, file) = Store::open(dir.path()).expect("open");
+        assert_eq!((file.seq, ids(&file).1), (0, vec!["old"]));
+        assert!(matches!(store.save(file), Ok(Durable::Json)));
+        assert_eq!(json_on_disk(dir.path()).seq, 1);
     }
 }

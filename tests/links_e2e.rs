@@ -395,6 +395,75 @@ async fn a_restart_keeps_the_link_revoked() {
     gw.stop().await;
 }
 
+/// The ack of a revoke means the revocation is on disk: the real binary,
+/// killed with SIGKILL right after the ack, comes back with the link
+/// revoked. `links.json` is made a directory first, so its copy cannot be
+/// written and the state can only come from `links.slots`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_acked_before_a_kill_9_is_revoked_after_it() {
+    use common::daemon::Binary;
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), broker.port(), &cloud);
+    let client = MqttClient::connect(broker.port()).await;
+    let config = files.config_path.display().to_string();
+
+    let mut bin = Binary::spawn(&["run", "--config", &config], files.dir.path());
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    for i in 0..3 {
+        link_ok(
+            &mut conn,
+            &format!("l-{i}"),
+            &format!("k9-{i}"),
+            &["ampio/from/k9/#"],
+        )
+        .await;
+    }
+    let links_file = files.state_dir().join(hearthlink::links::LINKS_FILE);
+    std::fs::remove_file(&links_file).expect("remove links.json");
+    std::fs::create_dir(&links_file).expect("links.json as a directory");
+
+    send_revoke(&conn, "r-1", "k9-1");
+    assert_ok(&conn.expect_ack("r-1").await);
+    bin.signal("KILL");
+    bin.wait_exit(WAIT).await.expect("the daemon died");
+    drop(conn);
+    std::fs::remove_dir(&links_file).expect("remove the blocking directory");
+
+    let rows = json_out(
+        "links list --json (after kill -9)",
+        cli(&["links", "list", "--json"], &files.config_path).await,
+    );
+    assert_eq!(row(&rows, "k9-1")["state"], "revoked", "{rows}");
+    assert_eq!(row(&rows, "k9-0")["state"], "active", "{rows}");
+    assert_eq!(row(&rows, "k9-2")["state"], "active", "{rows}");
+
+    // Started again, the daemon holds it revoked and writes links.json.
+    let gw = Gw::start(&files.config_path);
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    command(&conn, "c-1", "link:k9-1", CMD_TOPIC, json!("1"));
+    assert_rejected(&conn.expect_ack("c-1").await, "revoked");
+    let lf = &links_file;
+    assert!(
+        wait_until(WAIT, || async move {
+            std::fs::read_to_string(lf)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| {
+                    v["revoked"]
+                        .as_array()
+                        .map(|a| a.iter().any(|r| r["id"] == "k9-1"))
+                })
+                .unwrap_or(false)
+        })
+        .await,
+        "links.json catches up with links.slots at start"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relink_and_commands_of_a_revoked_link_are_refused_and_link_filters_apply() {
     let mut rig = Rig::start(Opts::default()).await;
@@ -887,44 +956,25 @@ async fn audit_export_matches_the_link_frames_sent() {
 
 // ------------------------------------------------ persistence failure
 
-/// Whether files can no longer be created in `dir` (false for root).
-fn writes_blocked(dir: &std::path::Path) -> bool {
-    let probe = dir.join(".write-probe");
-    match std::fs::write(&probe, b"x") {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-            false
-        }
-        Err(_) => true,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_that_cannot_be_persisted_is_unavailable_but_cuts_off_at_once() {
-    use std::os::unix::fs::PermissionsExt;
     let mut rig = Rig::start(Opts::default()).await;
     let client = rig.mqtt().await;
     rig.wait_relay_up(&client).await;
     link_ok(&mut rig.conn, "l-1", "ro-1", &["ampio/from/ro/#"]).await;
 
+    // Break every write for real, for root too: each state file replaced
+    // by a directory. The slot write cannot open `links.slots` (EISDIR),
+    // and the fallback's rename onto `links.json` fails the same way.
     let state_dir = rig.daemon.config.state_dir.clone();
     let links_file = state_dir.join(hearthlink::links::LINKS_FILE);
-    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o500))
-        .expect("chmod 0500");
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let mut blocker = None;
-    if !writes_blocked(&state_dir) {
-        // Root ignores the mode bits. Break the write for real instead:
-        // `links.json` replaced by a directory makes the final rename fail
-        // (EISDIR), for root too.
-        println!(
-            "note: euid {euid}: chmod 0500 does not stop writes here; making {} a directory instead",
-            links_file.display()
-        );
-        std::fs::remove_file(&links_file).expect("remove links.json");
-        std::fs::create_dir(&links_file).expect("links.json as a directory");
-        blocker = Some(links_file.clone());
+    let blockers = [
+        links_file.clone(),
+        state_dir.join(hearthlink::links::SLOTS_FILE),
+    ];
+    for f in &blockers {
+        let _ = std::fs::remove_file(f);
+        std::fs::create_dir(f).expect("a state file replaced by a directory");
     }
 
     let stop_flood = CancellationToken::new();
@@ -982,11 +1032,9 @@ async fn revoke_that_cannot_be_persisted_is_unavailable_but_cuts_off_at_once() {
 
     // Repaired: the cloud's retry of the same revoke (unavailable is not
     // remembered) is now persisted and acked ok.
-    if let Some(dir) = &blocker {
-        std::fs::remove_dir(dir).expect("remove the blocking directory");
+    for f in &blockers {
+        std::fs::remove_dir(f).expect("remove the blocking directory");
     }
-    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
-        .expect("chmod 0700");
     send_revoke(&rig.conn, "r-1", "ro-1");
     assert_ok(&rig.conn.expect_ack("r-1").await);
     let persisted: Value =
