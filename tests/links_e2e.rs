@@ -40,6 +40,17 @@ fn row<'a>(rows: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {id}: {rows}"))
 }
 
+/// The tombstone of `id` in the `links.json` at `path`, if it is there.
+fn tombstone(path: &std::path::Path, id: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: Value = serde_json::from_str(&text).ok()?;
+    doc["revoked"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+}
+
 /// Publishes a message on a topic no link exposes and waits for its app
 /// frame: everything the relay emitted before it has been received.
 async fn barrier(conn: &mut Conn, client: &MqttClient, name: &str) {
@@ -447,18 +458,7 @@ async fn a_revoke_acked_before_a_kill_9_is_revoked_after_it() {
     assert_rejected(&conn.expect_ack("c-1").await, "revoked");
     let lf = &links_file;
     assert!(
-        wait_until(WAIT, || async move {
-            std::fs::read_to_string(lf)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| {
-                    v["revoked"]
-                        .as_array()
-                        .map(|a| a.iter().any(|r| r["id"] == "k9-1"))
-                })
-                .unwrap_or(false)
-        })
-        .await,
+        wait_until(WAIT, || async move { tombstone(lf, "k9-1").is_some() }).await,
         "links.json catches up with links.slots at start"
     );
     gw.stop().await;
@@ -812,17 +812,7 @@ async fn offline_cli_revoke_is_sent_right_after_the_next_welcome() {
     let p = &path;
     assert!(
         wait_until(WAIT, || async move {
-            std::fs::read_to_string(p)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| {
-                    v["revoked"]
-                        .as_array()?
-                        .iter()
-                        .find(|r| r["id"] == "off-1")
-                        .map(|r| r["cloud_told"] == true)
-                })
-                .unwrap_or(false)
+            tombstone(p, "off-1").is_some_and(|r| r["cloud_told"] == true)
         })
         .await,
         "cloud_told is persisted once the frame was written"
