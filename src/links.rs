@@ -197,6 +197,9 @@ pub enum LinksError {
     },
     #[error("state dir {path} is locked by a running hearthlink (pid file lock held)")]
     Locked { path: PathBuf },
+    /// Reading `links.slots` (its errors name the file).
+    #[error(transparent)]
+    Slots(#[from] SlotError),
 }
 
 /// The registry shared by the relay, the cloud task and the control socket.
@@ -403,19 +406,7 @@ fn load(state_dir: &Path) -> Result<Loaded, LinksError> {
         Ok(None) => (None, None),
         // It may hold the newest state (an acknowledged revocation):
         // starting from `links.json` alone could bring a revoked link back.
-        Err(SlotError::Io { path, source }) => return Err(LinksError::Read { path, source }),
-        Err(SlotError::Size { path, size }) => {
-            return Err(LinksError::Read {
-                path,
-                source: std::io::Error::other(format!("size {size} is not two slots")),
-            })
-        }
-        Err(e @ SlotError::TooLarge { .. }) => {
-            return Err(LinksError::Read {
-                path,
-                source: std::io::Error::other(e.to_string()),
-            })
-        }
+        Err(e) => return Err(e.into()),
     };
     match record {
         Some(r) if r.seq > json.seq => {
