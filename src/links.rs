@@ -472,9 +472,8 @@ impl Store {
     pub fn save(&mut self, mut file: LinksFile) -> Result<Durable, LinksError> {
         self.seq += 1;
         file.seq = self.seq;
-        let json_path = self.dir.join(LINKS_FILE);
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| LinksError::Write {
-            path: json_path.clone(),
+            path: self.dir.join(LINKS_FILE),
             source: std::io::Error::other(e),
         })?;
         if let Some(slots) = &mut self.slots {
@@ -489,12 +488,7 @@ impl Store {
                 }
             }
         }
-        crate::durable::write_atomic(&json_path, &bytes, 0o600).map_err(|source| {
-            LinksError::Write {
-                path: json_path,
-                source,
-            }
-        })?;
+        self.write_json(&bytes)?;
         self.unmirrored = None;
         // `links.json` now holds the newest state: a new, empty slot file
         // loses nothing.
@@ -518,11 +512,16 @@ impl Store {
         let Some(bytes) = &self.unmirrored else {
             return Ok(());
         };
-        let path = self.dir.join(LINKS_FILE);
-        crate::durable::write_atomic(&path, bytes, 0o600)
-            .map_err(|source| LinksError::Write { path, source })?;
+        self.write_json(bytes)?;
         self.unmirrored = None;
         Ok(())
+    }
+
+    /// `links.json`, durably (temp file, fsync, rename, directory fsync).
+    fn write_json(&self, bytes: &[u8]) -> Result<(), LinksError> {
+        let path = self.dir.join(LINKS_FILE);
+        crate::durable::write_atomic(&path, bytes, 0o600)
+            .map_err(|source| LinksError::Write { path, source })
     }
 }
 
