@@ -51,6 +51,25 @@ fn tombstone(path: &std::path::Path, id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Waits until the copy in `links.json` at `path` shows `links` active
+/// links. The copy is written after the ack of the change; a test that
+/// replaces the file must let it land first, or its rename would put a
+/// file back where the test put something else.
+async fn wait_copied(path: &std::path::Path, links: usize) {
+    assert!(
+        wait_until(WAIT, || async move {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["links"].as_array().map(|a| a.len() == links))
+                .unwrap_or(false)
+        })
+        .await,
+        "{} shows {links} links",
+        path.display()
+    );
+}
+
 /// Publishes a message on a topic no link exposes and waits for its app
 /// frame: everything the relay emitted before it has been received.
 async fn barrier(conn: &mut Conn, client: &MqttClient, name: &str) {
@@ -432,6 +451,8 @@ async fn a_revoke_acked_before_a_kill_9_is_revoked_after_it() {
         .await;
     }
     let links_file = files.state_dir().join(hearthlink::links::LINKS_FILE);
+    wait_copied(&links_file, 3).await;
+    let lf = &links_file;
     std::fs::remove_file(&links_file).expect("remove links.json");
     std::fs::create_dir(&links_file).expect("links.json as a directory");
 
@@ -456,7 +477,6 @@ async fn a_revoke_acked_before_a_kill_9_is_revoked_after_it() {
     wait_relay_up(&mut conn, &client, LONG_WAIT).await;
     command(&conn, "c-1", "link:k9-1", CMD_TOPIC, json!("1"));
     assert_rejected(&conn.expect_ack("c-1").await, "revoked");
-    let lf = &links_file;
     assert!(
         wait_until(WAIT, || async move { tombstone(lf, "k9-1").is_some() }).await,
         "links.json catches up with links.slots at start"
@@ -962,6 +982,7 @@ async fn revoke_that_cannot_be_persisted_is_unavailable_but_cuts_off_at_once() {
         links_file.clone(),
         state_dir.join(hearthlink::links::SLOTS_FILE),
     ];
+    wait_copied(&links_file, 1).await;
     for f in &blockers {
         let _ = std::fs::remove_file(f);
         std::fs::create_dir(f).expect("a state file replaced by a directory");
