@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AuditConfig;
 use crate::links::{Kind, Origin};
+use crate::topic::TopicMap;
 
 /// Current audit file inside `state_dir`.
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -116,7 +117,7 @@ pub fn key_paths(v: &serde_json::Value) -> Vec<String> {
 /// and then only the link of each frame.
 #[derive(Debug, Default)]
 pub struct Tally {
-    topics: HashMap<Arc<str>, Vec<TopicCounts>>,
+    topics: TopicMap<Vec<TopicCounts>>,
 }
 
 /// The frames of one topic that carried one set of key paths, per link.

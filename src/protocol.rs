@@ -438,8 +438,12 @@ fn decode_link(obj: &Map<String, Value>) -> Result<LinkSpec, String> {
 /// Appends `s` escaped for the inside of a JSON string literal.
 fn push_escaped(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Most strings (topics, ids) need no escape: what comes before the
+    // first byte that does is found eight bytes at a time.
+    let plain = json::plain_prefix(bytes);
+    out.push_str(&s[..plain]);
+    let mut start = plain;
+    for (i, &b) in bytes.iter().enumerate().skip(plain) {
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -476,8 +480,8 @@ fn push_i64(out: &mut String, n: i64) {
     if n < 0 {
         out.push('-');
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    // ASCII digits, pushed as they are (no UTF-8 check of the buffer).
+    out.extend(buf[i..].iter().map(|&d| char::from(d)));
 }
 
 /// Appends `s` as a JSON string literal.

@@ -21,7 +21,6 @@
 
 pub mod tls;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +46,7 @@ use crate::links::{Origin, Registry};
 use crate::protocol::{self, FrameError, Inbound, Reason};
 use crate::relay::{CloudEvent, OutFrame, StateOut};
 use crate::stats::Stats;
+use crate::topic::TopicMap;
 
 /// How often liveness is checked: a quarter heartbeat, 50 ms to 1 s.
 fn dead_check_period(heartbeat: Duration) -> Duration {
@@ -297,7 +297,7 @@ struct Session<'a> {
     /// message it showed: app state of such a topic that is not newer was
     /// overtaken by the snapshot (which travels ahead of state) and is not
     /// written after it.
-    snapshots: HashMap<Arc<str>, u64>,
+    snapshots: TopicMap<u64>,
 }
 
 enum Step {
@@ -349,7 +349,7 @@ impl<'a> Session<'a> {
             tally_revoked,
             told_relay_up: false,
             carry: Vec::new(),
-            snapshots: HashMap::new(),
+            snapshots: TopicMap::default(),
         }
     }
 

@@ -191,6 +191,24 @@ fn special_mask(x: u64) -> u64 {
     (quote_or_control | backslash) & !x & HI
 }
 
+/// How many bytes `b` starts with that a JSON string holds as they are:
+/// up to the first `"`, `\\` or control character, or all of `b`. Eight
+/// bytes at a time, as the scan's strings.
+pub(super) fn plain_prefix(b: &[u8]) -> usize {
+    let mut rest = b;
+    while let Some(w) = rest.first_chunk::<8>() {
+        let m = special_mask(u64::from_le_bytes(*w));
+        if m != 0 {
+            return b.len() - rest.len() + (m.trailing_zeros() / 8) as usize;
+        }
+        rest = &rest[8..];
+    }
+    let tail = rest
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\');
+    b.len() - rest.len() + tail.unwrap_or(rest.len())
+}
+
 impl<'a, 'h> Scan<'a, 'h> {
     fn new(b: &'a [u8], held: &'h mut Held) -> Self {
         Scan {

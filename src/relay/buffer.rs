@@ -15,8 +15,10 @@
 //! filtered payload for the links exposing the topic), so a busy topic
 //! costs one entry however many links see it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use crate::topic::TopicMap;
 
 /// A buffered frame and what the writer needs to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub struct Coalescer<T> {
     weigh: fn(&T) -> usize,
     bytes: usize,
     seq: i64,
-    by_key: HashMap<Arc<str>, (i64, T)>,
+    by_key: TopicMap<(i64, T)>,
     order: BTreeMap<i64, Arc<str>>,
     dropped: u64,
 }
@@ -54,7 +56,7 @@ impl<T> Coalescer<T> {
             weigh,
             bytes: 0,
             seq: 0,
-            by_key: HashMap::new(),
+            by_key: TopicMap::default(),
             order: BTreeMap::new(),
             dropped: 0,
         }

@@ -29,8 +29,9 @@
 //! order is derived from the message numbers only when something must be
 //! forgotten.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::topic::TopicMap;
 
 /// One topic's last message.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ pub struct Latest {
     max_bytes: usize,
     /// Sum of the kept payloads' lengths.
     bytes: usize,
-    by_topic: HashMap<Arc<str>, Slot>,
+    by_topic: TopicMap<Slot>,
     forgotten: u64,
 }
 
@@ -73,7 +74,7 @@ impl Latest {
             cap: cap.max(1),
             max_bytes,
             bytes: 0,
-            by_topic: HashMap::new(),
+            by_topic: TopicMap::default(),
             forgotten: 0,
         }
     }

@@ -25,7 +25,7 @@ pub mod idem;
 pub mod latest;
 mod store;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use crate::mqtt::{Incoming, MqttHandle};
 use crate::privacy::Policy;
 use crate::protocol::{self, Command, Inbound, Outcome, PayloadRepr, Reason};
 use crate::stats::Stats;
-use crate::topic::FilterSet;
+use crate::topic::{FilterSet, TopicMap};
 use buffer::Coalescer;
 use idem::{IdemStore, Seen};
 use latest::Latest;
@@ -145,7 +145,7 @@ struct RouteCache {
     /// cannot be reused by a newer one).
     snap: Option<Arc<crate::links::Snapshot>>,
     /// `None`: no active link exposes the topic (or it holds an address).
-    routes: HashMap<Arc<str>, Option<LinkIds>>,
+    routes: TopicMap<Option<LinkIds>>,
 }
 
 impl RouteCache {
