@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench relay_load -- [--quick] [--rate N[,N..]]
 //! [--duration S] [--warmup S] [--paths a,b] [--saturate] [--links N]
-//! [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]`
+//! [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]
+//! [--rounds N]`
 //!
 //! Paths (`--paths`, default all): `direct` (publisher -> mosquitto ->
 //! subscriber), `bridge-q0` / `bridge-q1` (`bridge` = both: mosquitto A ->
@@ -23,6 +24,11 @@
 //! (`CARGO_BIN_EXE_hearthlink`, the `bench` profile inherits `release`),
 //! unless `--bin` names another. Results: a table on stdout and
 //! `target/bench/relay_load.json`. Figures are shown, never asserted.
+//!
+//! `--rounds N` measures every path (and the revocation) N times in turn,
+//! round after round, and adds to each budget's verdict in how many rounds
+//! it passed and the median of its figure: on a shared 2-vCPU machine one
+//! run's CPU ratio varies by +-15 %, so a verdict near a line needs several.
 //!
 //! # Layout
 //! - [`procs`]: child processes, their configs, `/proc` readings.
@@ -70,11 +76,12 @@ struct Args {
     revokes: usize,
     broker_nodelay: bool,
     bin: Option<PathBuf>,
+    rounds: usize,
 }
 
 const USAGE: &str = "usage: relay_load [--quick] [--rate N[,N..]] [--duration S] [--warmup S] \
 [--paths direct,bridge,bridge-q0,bridge-q1,hearthlink-up,hearthlink-up-tcp,hearthlink-down,hearthlink-links,naive-relay,floor-relay,revoke] \
-[--saturate] [--links N] [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH]";
+[--saturate] [--links N] [--payload BYTES] [--quiet-topics N] [--revokes N] [--broker-nodelay] [--bin PATH] [--rounds N]";
 
 fn parse_args() -> Result<Args, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -97,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         revokes: if quick { 3 } else { 10 },
         broker_nodelay: false,
         bin: None,
+        rounds: 1,
     };
     let mut it = raw.into_iter();
     while let Some(flag) = it.next() {
@@ -124,6 +132,7 @@ fn parse_args() -> Result<Args, String> {
             "--payload" => a.payload = num(value()?)? as usize,
             "--quiet-topics" => a.quiet_topics = num(value()?)? as u64,
             "--revokes" => a.revokes = num(value()?)? as usize,
+            "--rounds" => a.rounds = num(value()?)? as usize,
             "--bin" => a.bin = Some(PathBuf::from(value()?)),
             "--paths" => {
                 let list = value()?;
@@ -148,8 +157,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if a.rates.iter().any(|r| *r <= 0.0) || a.duration.is_zero() {
-        return Err("--rate and --duration must be positive".into());
+    if a.rates.iter().any(|r| *r <= 0.0) || a.duration.is_zero() || a.rounds == 0 {
+        return Err("--rate, --duration and --rounds must be positive".into());
     }
     if a.links > 127 {
         return Err("--links: at most 127 (the fan-out counter is 7 bits)".into());
@@ -242,51 +251,77 @@ async fn run(args: &Args) -> Result<(), String> {
         bin_bytes as f64 / 1e6
     );
     let mut results = Vec::new();
+    let mut revokes = Vec::new();
     let mut failures = Vec::new();
     print!("{}", report::header());
-    for &rate in &args.rates {
-        for &kind in &args.paths {
-            match measure_one(kind, &opts, rate, args).await {
-                Ok(r) => {
-                    print!("{}", report::rows(std::slice::from_ref(&r)));
-                    results.push(r);
+    for round in 0..args.rounds {
+        let tag = if args.rounds > 1 {
+            format!(" (round {})", round + 1)
+        } else {
+            String::new()
+        };
+        for &rate in &args.rates {
+            for &kind in &args.paths {
+                match measure_one(kind, &opts, rate, args).await {
+                    Ok(mut r) => {
+                        r.round = round;
+                        print!("{}", report::rows(std::slice::from_ref(&r)));
+                        results.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("relay_load: {} at {rate}/s{tag} failed: {e}", kind.name());
+                        failures.push(format!("{} at {rate}/s{tag}: {e}", kind.name()));
+                    }
                 }
-                Err(e) => {
-                    eprintln!("relay_load: {} at {rate}/s failed: {e}", kind.name());
-                    failures.push(format!("{} at {rate}/s: {e}", kind.name()));
+            }
+        }
+        if args.revoke {
+            let rate = if args.quick { 500.0 } else { 5000.0 };
+            match scenarios::revoke(
+                &opts,
+                rate,
+                args.warmup,
+                args.duration.max(Duration::from_secs(1)),
+                args.revokes,
+            )
+            .await
+            {
+                Ok(mut r) => {
+                    r.load.round = round;
+                    revokes.push(r);
                 }
+                Err(e) => failures.push(format!("revoke{tag}: {e}")),
             }
         }
     }
-    let revoke = if args.revoke {
-        let rate = if args.quick { 500.0 } else { 5000.0 };
-        match scenarios::revoke(
-            &opts,
-            rate,
-            args.warmup,
-            args.duration.max(Duration::from_secs(1)),
-            args.revokes,
-        )
-        .await
-        {
-            Ok(r) => Some(r),
-            Err(e) => {
-                failures.push(format!("revoke: {e}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
     let saturation = if args.saturate {
         scenarios::saturate_all(&args.paths, &opts).await
     } else {
         Vec::new()
     };
     println!("\n{}", report::table(&results));
-    println!("{}", report::ratios(&results));
-    if let Some(r) = &revoke {
-        println!("{}", scenarios::describe_revoke(r));
+    let mut verdicts = Vec::new();
+    for round in 0..args.rounds {
+        let these: Vec<_> = results
+            .iter()
+            .filter(|r| r.round == round)
+            .cloned()
+            .collect();
+        let revoke = revokes.iter().find(|r| r.load.round == round);
+        if args.rounds > 1 {
+            println!("round {}:", round + 1);
+        }
+        println!("{}", report::ratios(&these));
+        if let Some(r) = revoke {
+            println!("{}", scenarios::describe_revoke(r));
+        }
+        // Saturation is searched once, after the rounds.
+        let last = round + 1 == args.rounds;
+        let v = report::budgets(&these, revoke, if last { &saturation } else { &[] });
+        for v in &v {
+            println!("{v}");
+        }
+        verdicts.push(v);
     }
     for s in &saturation {
         println!(
@@ -297,9 +332,8 @@ async fn run(args: &Args) -> Result<(), String> {
                 .map_or("none reached".into(), |r| format!("{r}/s"))
         );
     }
-    let verdicts = report::budgets(&results, revoke.as_ref(), &saturation);
-    for v in &verdicts {
-        println!("{v}");
+    if args.rounds > 1 {
+        println!("\n{}", report::over_rounds(&verdicts));
     }
     for f in &failures {
         println!("FAILED: {f}");
@@ -309,7 +343,7 @@ async fn run(args: &Args) -> Result<(), String> {
         &bin,
         bin_bytes,
         &results,
-        revoke.as_ref(),
+        &revokes,
         &saturation,
         &verdicts,
         &failures,
@@ -332,9 +366,9 @@ fn write_json(
     bin: &std::path::Path,
     bin_bytes: u64,
     results: &[report::StepResult],
-    revoke: Option<&report::RevokeResult>,
+    revokes: &[report::RevokeResult],
     saturation: &[report::Saturation],
-    verdicts: &[String],
+    verdicts: &[Vec<report::Verdict>],
     failures: &[String],
 ) -> Result<(), String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -346,8 +380,9 @@ fn write_json(
         "binary": { "path": bin.display().to_string(), "bytes": bin_bytes },
         "warmup_s": args.warmup.as_secs_f64(),
         "broker_nodelay": args.broker_nodelay,
+        "rounds": args.rounds,
         "results": results,
-        "revoke": revoke,
+        "revoke": revokes,
         "saturation": saturation,
         "budgets": verdicts,
         "failures": failures,

@@ -23,6 +23,8 @@ pub struct ProcStat {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
     pub path: String,
+    /// Which round of a `--rounds` run (from 0).
+    pub round: usize,
     pub rate: f64,
     pub measured_s: f64,
     pub payload_bytes: usize,
@@ -280,8 +282,73 @@ pub fn fmt_ms(us: u64) -> String {
     format!("{} ms", ms(us))
 }
 
-fn verdict(ok: bool, text: String) -> String {
-    format!("{} {text}", if ok { "PASS" } else { "MISS" })
+/// One budget checked in one run: `PASS`/`MISS`, the budget, the figures,
+/// and the one figure the verdict turns on (a ratio, ms, MB or a count:
+/// `unit`), so that `--rounds` can give its median.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub ok: bool,
+    pub budget: String,
+    pub detail: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { "PASS" } else { "MISS" };
+        write!(f, "{mark} {}: {}", self.budget, self.detail)
+    }
+}
+
+/// `text` is `budget: figures`.
+fn verdict(ok: bool, text: String, value: f64, unit: &'static str) -> Verdict {
+    let (budget, detail) = text.split_once(": ").unwrap_or((&text, ""));
+    Verdict {
+        ok,
+        budget: budget.to_owned(),
+        detail: detail.to_owned(),
+        value,
+        unit,
+    }
+}
+
+/// Each budget over the rounds of a `--rounds` run: in how many it passed,
+/// and the median and range of its figure. `rounds` holds each round's
+/// verdicts.
+pub fn over_rounds(rounds: &[Vec<Verdict>]) -> String {
+    let mut budgets: Vec<&str> = Vec::new();
+    for v in rounds.iter().flatten() {
+        if !budgets.contains(&v.budget.as_str()) {
+            budgets.push(&v.budget);
+        }
+    }
+    let mut out = format!("budgets over {} rounds (median, range):\n", rounds.len());
+    for b in budgets {
+        let mut values: Vec<f64> = Vec::new();
+        let mut passed = 0;
+        let mut unit = "";
+        for v in rounds.iter().flatten().filter(|v| v.budget == b) {
+            values.push(v.value);
+            passed += usize::from(v.ok);
+            unit = v.unit;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        let median = if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        };
+        let _ = writeln!(
+            out,
+            "{passed:>3}/{} PASS  {b}: {median:.2}{unit} ({:.2}-{:.2})",
+            values.len(),
+            values[0],
+            values[values.len() - 1],
+        );
+    }
+    out
 }
 
 /// The up paths the budgets are checked on: through the broker's Unix
@@ -293,7 +360,7 @@ pub fn budgets(
     results: &[StepResult],
     revoke: Option<&RevokeResult>,
     saturation: &[Saturation],
-) -> Vec<String> {
+) -> Vec<Verdict> {
     let mut out = Vec::new();
     let find = |path: &str, rate: f64| results.iter().find(|r| r.path == path && r.rate == rate);
     // Through the broker's Unix socket (recommended), then over TCP.
@@ -316,6 +383,8 @@ pub fn budgets(
                     fmt_ms(b),
                     (a as f64 / b.max(1) as f64 - 1.0) * 100.0
                 ),
+                a as f64 / b.max(1) as f64,
+                "x",
             ));
         }
         if let Some(d) = find("direct", rate) {
@@ -328,6 +397,8 @@ pub fn budgets(
                     fmt_ms(b),
                     a as f64 / b.max(1) as f64
                 ),
+                a as f64 / b.max(1) as f64,
+                "x",
             ));
         }
         if rate == 5000.0 {
@@ -338,6 +409,8 @@ pub fn budgets(
                     "{name_up} gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({:.2}x)",
                     gw / base.max(1e-9)
                 ),
+                gw / base.max(1e-9),
+                "x",
             ));
         }
     }
@@ -351,6 +424,8 @@ pub fn budgets(
                 down.lost,
                 fmt_ms(down.ack_latency_us.map_or(0, |a| a.p99))
             ),
+            p99 as f64 / 1000.0,
+            " ms",
         ));
     }
     if let Some(r) = revoke {
@@ -364,6 +439,8 @@ pub fn budgets(
                 fmt_ms(r.ack_latency_us.p50),
                 r.ack_latency_us.count
             ),
+            r.ack_latency_us.p99 as f64 / 1000.0,
+            " ms",
         ));
         out.push(verdict(
             r.frames_after_ack == 0,
@@ -371,6 +448,8 @@ pub fn budgets(
                 "zero link frames after the revoke ack: {}",
                 r.frames_after_ack
             ),
+            r.frames_after_ack as f64,
+            "",
         ));
     }
     let idle = results
@@ -386,6 +465,8 @@ pub fn budgets(
                 m.rss_anon_kb as f64 / 1024.0,
                 m.rss_file_kb as f64 / 1024.0
             ),
+            m.hwm_kb as f64 / 1024.0,
+            " MB",
         ));
     }
     let loaded = results
@@ -401,6 +482,8 @@ pub fn budgets(
                 "hearthlink peak RSS at 5000/s with 100 links < 16 MB: {:.1} MB",
                 kb as f64 / 1024.0
             ),
+            kb as f64 / 1024.0,
+            " MB",
         ));
     }
     let sat = |p: &str| saturation.iter().find(|s| s.path == p);
@@ -412,6 +495,8 @@ pub fn budgets(
                     "{name_up} saturation >= bridge-q0: {}/s vs {}/s",
                     up.highest_clean_rate, br.highest_clean_rate
                 ),
+                up.highest_clean_rate / br.highest_clean_rate.max(1.0),
+                "x",
             ));
         }
     }

@@ -381,6 +381,7 @@ impl Rig {
         let links = self.kind == PathKind::Links;
         let down = self.kind == PathKind::Down;
         let result = StepResult {
+            round: 0,
             path: self.kind.name().to_owned(),
             rate: b.s.rate,
             measured_s: b.measure.as_secs_f64(),
