@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-/// A map keyed by topic name. The relay looks topics up on every message
-/// (its last values, its link routes, the offline buffer): foldhash,
+/// A map keyed by topic name. The relay and the cloud writer look topics
+/// up on every message (last values, link routes, the offline buffer, the
+/// audit's tally): foldhash,
 /// seeded at random per map, hashes these short keys in a fraction of the
 /// instructions of std's SipHash. Topics come from the home's own broker,
 /// and every such map is bounded, so SipHash's resistance to chosen

@@ -192,7 +192,7 @@ fn special_mask(x: u64) -> u64 {
 }
 
 /// How many bytes `b` starts with that a JSON string holds as they are:
-/// up to the first `"`, `\\` or control character, or all of `b`. Eight
+/// up to the first `"`, `\` or control character, or all of `b`. Eight
 /// bytes at a time, as the scan's strings.
 pub(super) fn plain_prefix(b: &[u8]) -> usize {
     let mut rest = b;
