@@ -375,41 +375,42 @@ pub fn budgets(
             ("p50", up.latency_us.p50, br.latency_us.p50),
             ("p99", up.latency_us.p99, br.latency_us.p99),
         ] {
+            let q = a as f64 / b.max(1) as f64;
             out.push(verdict(
                 a <= b,
                 format!(
                     "{name_up} {name} <= bridge-q0 {name} at {rate}/s: {} vs {} ({:+.0}%)",
                     fmt_ms(a),
                     fmt_ms(b),
-                    (a as f64 / b.max(1) as f64 - 1.0) * 100.0
+                    (q - 1.0) * 100.0
                 ),
-                a as f64 / b.max(1) as f64,
+                q,
                 "x",
             ));
         }
         if let Some(d) = find("direct", rate) {
             let (a, b) = (up.latency_us.p50, d.latency_us.p50);
+            let q = a as f64 / b.max(1) as f64;
             out.push(verdict(
                 a <= 2 * b,
                 format!(
-                    "{name_up} p50 within 2x of direct at {rate}/s: {} vs {} ({:.2}x)",
+                    "{name_up} p50 within 2x of direct at {rate}/s: {} vs {} ({q:.2}x)",
                     fmt_ms(a),
                     fmt_ms(b),
-                    a as f64 / b.max(1) as f64
                 ),
-                a as f64 / b.max(1) as f64,
+                q,
                 "x",
             ));
         }
         if rate == 5000.0 {
             let (gw, base) = (up.gateway_cpu(), br.gateway_cpu());
+            let q = gw / base.max(1e-9);
             out.push(verdict(
                 gw <= 1.5 * base,
                 format!(
-                    "{name_up} gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({:.2}x)",
-                    gw / base.max(1e-9)
+                    "{name_up} gateway CPU (mosquitto + hearthlink) <= 1.5x bridge's mosquitto-a at 5000/s: {gw:.3} vs {base:.3} s/10k ({q:.2}x)",
                 ),
-                gw / base.max(1e-9),
+                q,
                 "x",
             ));
         }

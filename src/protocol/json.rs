@@ -203,10 +203,11 @@ pub(super) fn plain_prefix(b: &[u8]) -> usize {
         }
         rest = &rest[8..];
     }
-    let tail = rest
-        .iter()
-        .position(|&c| c < 0x20 || c == b'"' || c == b'\\');
-    b.len() - rest.len() + tail.unwrap_or(rest.len())
+    // The last few bytes, padded with spaces (never special) to a word.
+    let mut w = [b' '; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    let m = special_mask(u64::from_le_bytes(w));
+    b.len() - rest.len() + rest.len().min((m.trailing_zeros() / 8) as usize)
 }
 
 impl<'a, 'h> Scan<'a, 'h> {
