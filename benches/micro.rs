@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hearthlink::links::{Kind, LinksFile, Registry};
+use hearthlink::links::{Kind, LinksFile, Origin, Registry};
 use hearthlink::privacy::{Mode, Policy};
 use hearthlink::protocol::{self, PayloadRepr};
 use hearthlink::relay::buffer::Coalescer;
@@ -215,6 +215,30 @@ fn registry_with(n: usize) -> Registry {
     reg
 }
 
+/// One op = revoking an unknown id in memory with 50 000 tombstones there
+/// (issue 16 defect 8: each revoke copied them all). Short: every op adds
+/// a tombstone for good.
+fn revoke_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("links");
+    g.sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    let tombs = registry_with(0);
+    for i in 0..50_000 {
+        tombs.revoke(&format!("gone-{i}"), Origin::Cloud, 0);
+    }
+    let mut next = 0u64;
+    g.bench_function("revoke_unknown_after_50000", |b| {
+        b.iter(|| {
+            next += 1;
+            let newly = tombs.revoke(&format!("new-{next}"), Origin::Cloud, 0);
+            drop(tombs.take_unsaved());
+            newly
+        })
+    });
+    g.finish();
+}
+
 fn links_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("links");
     g.sample_size(10);
@@ -246,6 +270,7 @@ criterion_group!(
     privacy_group,
     topic_group,
     coalescer_group,
-    links_group
+    links_group,
+    revoke_group
 );
 criterion_main!(benches);

@@ -16,7 +16,6 @@
 //! deleted. `hearthlink audit export` reads them all, oldest first.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,7 +117,15 @@ pub fn key_paths(v: &serde_json::Value) -> Vec<String> {
 #[derive(Debug, Default)]
 pub struct Tally {
     topics: TopicMap<Vec<TopicCounts>>,
+    /// About what the records of [`Tally::drain`] take as JSON lines: the
+    /// writer hands them over before this passes `audit.max_file_bytes`,
+    /// so the tally's memory is bounded whatever the number of topics.
+    weight: usize,
 }
+
+/// A disclosure record's bytes besides its link, topic and key names (the
+/// member names, the kind and three numbers).
+const RECORD_OVERHEAD: usize = 140;
 
 /// The frames of one topic that carried one set of key paths, per link.
 ///
@@ -127,6 +134,8 @@ pub struct Tally {
 /// link (pointer comparison) no hashing is needed.
 #[derive(Debug)]
 pub struct TopicCounts {
+    /// What one record of this set takes before its link's name.
+    base: usize,
     keys: Arc<[String]>,
     links: Vec<(Arc<str>, Count)>,
     index: HashMap<Arc<str>, usize>,
@@ -141,8 +150,10 @@ struct Count {
 }
 
 impl TopicCounts {
-    /// Counts one frame written for `link`, usually found at `hint`.
-    pub fn add(&mut self, hint: usize, link: &Arc<str>, kind: Kind, ts: i64) {
+    /// Counts one frame written for `link`, usually found at `hint`;
+    /// returns the bytes a new record adds to the tally's weight (0 when
+    /// the link was counted already), for [`Tally::grew`].
+    pub fn add(&mut self, hint: usize, link: &Arc<str>, kind: Kind, ts: i64) -> usize {
         let at = match self.links.get(hint) {
             Some((l, _)) if Arc::ptr_eq(l, link) => Some(hint),
             _ => self.index.get(link).copied(),
@@ -153,6 +164,7 @@ impl TopicCounts {
                 c.n += 1;
                 c.first_ts = c.first_ts.min(ts);
                 c.last_ts = c.last_ts.max(ts);
+                0
             }
             None => {
                 let c = Count {
@@ -163,6 +175,7 @@ impl TopicCounts {
                 };
                 self.index.insert(link.clone(), self.links.len());
                 self.links.push((link.clone(), c));
+                self.base + link.len()
             }
         }
     }
@@ -180,7 +193,9 @@ impl Tally {
         let at = match at {
             Some(at) => at,
             None => {
+                let names: usize = keys.iter().map(|k| k.len() + 3).sum();
                 sets.push(TopicCounts {
+                    base: RECORD_OVERHEAD + topic.len() + names,
                     keys: keys.clone(),
                     links: Vec::new(),
                     index: HashMap::new(),
@@ -203,7 +218,18 @@ impl Tally {
         keys: &Arc<[String]>,
         ts: i64,
     ) {
-        self.slot(topic, keys).add(usize::MAX, link, kind, ts);
+        let added = self.slot(topic, keys).add(usize::MAX, link, kind, ts);
+        self.grew(added);
+    }
+
+    /// Adds what [`TopicCounts::add`] returned to the weight.
+    pub fn grew(&mut self, bytes: usize) {
+        self.weight += bytes;
+    }
+
+    /// About the bytes [`Tally::drain`]'s records take as JSON lines.
+    pub fn weight(&self) -> usize {
+        self.weight
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,6 +238,7 @@ impl Tally {
 
     /// Takes the counted disclosures as records, oldest first.
     pub fn drain(&mut self) -> Vec<Record> {
+        self.weight = 0;
         let mut out = Vec::new();
         for (topic, sets) in self.topics.drain() {
             for set in sets {
@@ -353,27 +380,65 @@ impl Writer {
         self.dir.join(AUDIT_FILE)
     }
 
+    /// Appends `records`, rotating first whenever the next one would take
+    /// a non-empty file past `max_bytes`: a file exceeds the bound only by
+    /// a single record larger than the bound itself (edge rule 20).
     fn append(&mut self, records: &[Record]) {
         if records.is_empty() {
             return;
         }
         let path = self.path();
-        match append_to(&path, records) {
-            Ok(len) if len > self.max_bytes || self.opened.elapsed() > ROTATE_EVERY => {
-                self.rotate()
+        let mut len = crate::statefile::open_read(&path)
+            .and_then(|f| f.metadata())
+            .map_or(0, |m| m.len());
+        let mut lines = Vec::new();
+        for r in records {
+            let mark = lines.len();
+            if let Err(e) = serde_json::to_writer(&mut lines, r) {
+                tracing::error!(error = %e, "an audit record could not be serialised");
+                lines.truncate(mark);
+                continue;
             }
-            Ok(_) => {}
+            lines.push(b'\n');
+            if len + lines.len() as u64 > self.max_bytes && len + mark as u64 > 0 {
+                if !self.write(&lines[..mark]) {
+                    return;
+                }
+                self.rotate();
+                lines.drain(..mark);
+                len = 0;
+            }
+        }
+        if self.write(&lines) && self.opened.elapsed() > ROTATE_EVERY {
+            self.rotate();
+        }
+    }
+
+    /// Appends whole lines to the current file; false when that failed.
+    fn write(&self, lines: &[u8]) -> bool {
+        if lines.is_empty() {
+            return true;
+        }
+        let path = self.path();
+        match crate::durable::append_lines(&path, lines, 0o600) {
+            Ok(_) => true,
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed")
+                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed");
+                false
             }
         }
     }
 
     fn rotate(&mut self) {
-        let to = self.dir.join(format!(
-            "{ROTATED_PREFIX}{:013}.jsonl",
-            crate::clock::local_ms().max(0)
-        ));
+        // Rotations within one millisecond must not overwrite each other.
+        let mut at = crate::clock::local_ms().max(0);
+        let to = loop {
+            let to = self.dir.join(format!("{ROTATED_PREFIX}{at:013}.jsonl"));
+            if std::fs::symlink_metadata(&to).is_err() {
+                break to;
+            }
+            at += 1;
+        };
         if let Err(e) = std::fs::rename(self.path(), &to) {
             tracing::error!(error = %e, "rotating the audit file failed");
         }
@@ -397,46 +462,12 @@ impl Writer {
     }
 }
 
-/// Appends records to the audit file at `path` and syncs it; returns the
-/// file's new length.
-///
-/// Records are serialised through a small buffer, not all at once: a flush
-/// of many links and topics stays a few kilobytes of memory. A line torn by
-/// a power cut during an earlier append is ended first, so it stays one bad
-/// line (skipped by [`read_all`]) instead of spoiling the next record.
-fn append_to(path: &Path, records: &[Record]) -> std::io::Result<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    let torn = f.metadata()?.len() > 0 && {
-        let mut last = [0u8; 1];
-        f.seek(SeekFrom::End(-1))?;
-        f.read_exact(&mut last)?;
-        last[0] != b'\n'
-    };
-    let mut w = std::io::BufWriter::with_capacity(16 * 1024, &mut f);
-    if torn {
-        w.write_all(b"\n")?;
-    }
-    for r in records {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()?;
-    drop(w);
-    f.sync_data()?;
-    f.metadata().map(|m| m.len())
-}
-
-/// Appends records with no daemon running (the caller holds the state lock).
+/// Appends records with no daemon running (the caller holds the state
+/// lock). A line torn by a power cut stays one bad line (skipped by
+/// [`read_all`]).
 pub fn append(state_dir: &Path, records: &[Record]) -> Result<(), AuditError> {
     let path = state_dir.join(AUDIT_FILE);
-    append_to(&path, records)
+    crate::durable::append_jsonl(&path, records, 0o600)
         .map(|_| ())
         .map_err(|source| AuditError::Io { path, source })
 }
@@ -475,7 +506,7 @@ pub fn read_all(state_dir: &Path, link: Option<&str>) -> Result<Trail, AuditErro
     files.push(state_dir.join(AUDIT_FILE));
     let mut out = Trail::default();
     for path in files {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::statefile::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(AuditError::Io { path, source }),
@@ -547,6 +578,7 @@ pub fn export(state_dir: &Path, link: Option<&str>) -> Result<serde_json::Value,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn key_paths_are_paths_not_values() {
@@ -652,6 +684,82 @@ mod tests {
     }
 
     #[test]
+    fn one_large_flush_is_split_into_files_within_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Writer {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1000,
+            max_files: 1000,
+            retention: Duration::from_secs(86_400),
+            opened: Instant::now(),
+        };
+        let revoke = |i: i64, link: String| Record::Revoke {
+            ts: i,
+            link,
+            kind: None,
+            origin: Origin::Local,
+        };
+        let mut records: Vec<Record> = (0..500)
+            .map(|i| revoke(i, "l".repeat(1 + (i as usize % 40))))
+            .collect();
+        records.insert(250, revoke(250, "huge".repeat(800)));
+        w.append(&records);
+        w.append(&[revoke(501, "after".into())]);
+        let mut files: Vec<PathBuf> = rotated_files(dir.path()).into_iter().map(|f| f.1).collect();
+        files.push(dir.path().join(AUDIT_FILE));
+        assert!(files.len() > 20, "{}", files.len());
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("read");
+            assert!(
+                text.len() <= 1000 || text.lines().count() == 1,
+                "{} holds {} bytes in {} lines",
+                f.display(),
+                text.len(),
+                text.lines().count()
+            );
+        }
+        let all = read_all(dir.path(), None).expect("read");
+        let ts: Vec<i64> = all
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Revoke { ts, .. } => *ts,
+                _ => -1,
+            })
+            .collect();
+        let mut want: Vec<i64> = (0..500).collect();
+        want.insert(250, 250);
+        want.push(501);
+        assert_eq!(ts, want, "every record, in order, across the files");
+    }
+
+    #[test]
+    fn the_tally_weight_follows_the_bytes_its_records_take() {
+        let mut t = Tally::default();
+        let keys: Arc<[String]> = vec!["temperature".to_owned(), "humidity".to_owned()].into();
+        let links: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("link-{i}"))).collect();
+        for i in 0..400 {
+            let topic: Arc<str> = Arc::from(format!("ampio/from/device-{i}/state"));
+            for l in &links[..1 + i % 3] {
+                for ts in 0..3 {
+                    t.add(l, Kind::Alexa, &topic, &keys, ts);
+                }
+            }
+        }
+        let weight = t.weight();
+        let bytes: usize = t
+            .drain()
+            .iter()
+            .map(|r| serde_json::to_vec(r).expect("json").len() + 1)
+            .sum();
+        assert!(
+            weight >= bytes && weight < bytes * 3 / 2,
+            "{weight} for {bytes}"
+        );
+        assert_eq!(t.weight(), 0);
+    }
+
+    #[test]
     fn a_torn_line_is_reported_and_the_next_records_are_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(AUDIT_FILE);
@@ -661,7 +769,7 @@ mod tests {
             kind: None,
             origin: Origin::Cloud,
         };
-        append_to(&path, &[rec(1)]).expect("first append");
+        crate::durable::append_jsonl(&path, &[rec(1)], 0o600).expect("first append");
         // A power cut in the middle of the next append.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -670,7 +778,8 @@ mod tests {
         f.write_all(br#"{"event":"revoke","ts":2,"li"#)
             .expect("torn write");
         drop(f);
-        append_to(&path, &[rec(3), rec(4)]).expect("append after the cut");
+        crate::durable::append_jsonl(&path, &[rec(3), rec(4)], 0o600)
+            .expect("append after the cut");
         let trail = read_all(dir.path(), None).expect("read");
         let links: Vec<&str> = trail.records.iter().map(Record::link).collect();
         assert_eq!(links, ["l1", "l3", "l4"]);

@@ -45,6 +45,40 @@ pub enum ControlError {
     Protocol { path: PathBuf, message: String },
     #[error("daemon refused: {0}")]
     Refused(String),
+    /// The daemon is shutting down and could not finish the request; the
+    /// command line tries again (the daemon, or the state files once the
+    /// daemon has let go of them).
+    #[error("the daemon is stopping: {0}")]
+    Stopping(String),
+    /// The state-dir lock stayed taken although no daemon answered.
+    #[error(
+        "state dir {} is locked by a hearthlink that does not answer on {} \
+         (waited {} ms: is it starting or stopping?); try again",
+        state_dir.display(), socket.display(), waited.as_millis()
+    )]
+    LockedSilent {
+        state_dir: PathBuf,
+        socket: PathBuf,
+        waited: Duration,
+    },
+    /// Reading or writing the state files with no daemon running.
+    #[error(transparent)]
+    State(#[from] links::LinksError),
+}
+
+/// How long the command line keeps trying when the daemon is starting or
+/// stopping: the socket gone or silent while the state-dir lock is held.
+pub const CLI_WAIT: Duration = Duration::from_secs(3);
+/// Pause between two tries within [`CLI_WAIT`].
+const CLI_RETRY: Duration = Duration::from_millis(50);
+
+/// Who carried out a command-line change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The running daemon, through the control socket.
+    Daemon,
+    /// The command line itself, in the state files (no daemon running).
+    StateFiles,
 }
 
 /// What the control socket reads.
@@ -60,22 +94,26 @@ pub struct Shared {
 
 /// Binds the socket, replacing a stale one, with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |source| ControlError::Bind {
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
+    if std::fs::symlink_metadata(path).is_ok() {
         // The state-dir lock proves no other daemon runs: the file is stale.
         std::fs::remove_file(path).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    crate::statefile::chmod_unopenable(path, 0o600).map_err(err)?;
     Ok(listener)
 }
 
 /// Serves the control socket until `token` is cancelled.
-pub async fn serve(listener: UnixListener, shared: Shared, token: CancellationToken) {
+pub async fn serve(
+    listener: UnixListener,
+    mut admit: crate::admit::Admit,
+    shared: Shared,
+    token: CancellationToken,
+) {
     let shared = Arc::new(shared);
     loop {
         let conn = tokio::select! {
@@ -84,17 +122,21 @@ pub async fn serve(listener: UnixListener, shared: Shared, token: CancellationTo
         };
         match conn {
             Ok((stream, _)) => {
+                let Some(permit) = admit.admit() else {
+                    continue; // dropped: closed at once
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &shared)).await
                     {
                         tracing::debug!(error = %e, "control client timed out");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(crate::admit::ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -135,38 +177,88 @@ async fn answer(req: &Value, shared: &Shared) -> Value {
                 Err(_) => json!({"ok": false, "error": "reload task stopped"}),
             }
         }
-        Some("revoke") => {
-            let Some(id) = req.get("link_id").and_then(Value::as_str) else {
-                return json!({"ok": false, "error": "revoke needs a string `link_id`"});
-            };
-            if !crate::protocol::valid_link_id(id) {
-                return json!({"ok": false, "error": "link id must be 1 to 128 bytes without control characters"});
-            }
-            // In force at once; the relay then persists it and tells the cloud.
-            shared
-                .registry
-                .revoke(id, Origin::Local, shared.clock.now_ms());
-            let (tx, rx) = oneshot::channel();
-            let sent = shared
-                .relay
-                .send(ControlRequest::Revoke {
-                    link_id: id.to_owned(),
-                    reply: tx,
-                })
-                .await;
-            if sent.is_err() {
-                return json!({"ok": false, "error": "relay stopped; revocation in force in memory only"});
-            }
-            match rx.await {
-                Ok(Ok(())) => json!({"ok": true, "link_id": id}),
-                Ok(Err(e)) => {
-                    json!({"ok": false, "error": format!("revoked in memory, not persisted yet: {e}")})
-                }
-                Err(_) => json!({"ok": false, "error": "relay stopped before persisting"}),
-            }
-        }
+        Some("revoke") => answer_revoke(req, shared).await,
         Some(other) => json!({"ok": false, "error": format!("unknown command {other:?}")}),
         None => json!({"ok": false, "error": "request needs a string `cmd`"}),
+    }
+}
+
+/// What a link id was just before a revoke; the command line says so,
+/// because a typo revokes nothing that was active (the tombstone is
+/// recorded all the same: revoking an unknown id is `ok`, section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// An active link: it is cut off now.
+    Active,
+    /// Revoked already: nothing changes.
+    Revoked,
+    /// Never granted on this gateway: only the tombstone is new.
+    Unknown,
+}
+
+impl Prior {
+    /// The state of `id` in `snap`.
+    pub fn of(snap: &Snapshot, id: &str) -> Prior {
+        if snap.is_revoked(id) {
+            Prior::Revoked
+        } else if snap.get(id).is_some() {
+            Prior::Active
+        } else {
+            Prior::Unknown
+        }
+    }
+
+    /// The `was` member of a revoke answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prior::Active => "active",
+            Prior::Revoked => "revoked",
+            Prior::Unknown => "unknown",
+        }
+    }
+
+    /// Reads the `was` member; an answer without it (an older daemon) is
+    /// taken as [`Prior::Active`], which is what such a daemon reported.
+    pub fn from_answer(v: &Value) -> Prior {
+        match v.get("was").and_then(Value::as_str) {
+            Some("revoked") => Prior::Revoked,
+            Some("unknown") => Prior::Unknown,
+            _ => Prior::Active,
+        }
+    }
+}
+
+async fn answer_revoke(req: &Value, shared: &Shared) -> Value {
+    let Some(id) = req.get("link_id").and_then(Value::as_str) else {
+        return json!({"ok": false, "error": "revoke needs a string `link_id`"});
+    };
+    if !crate::protocol::valid_link_id(id) {
+        return json!({"ok": false, "error": "link id must be 1 to 128 bytes without control characters"});
+    }
+    let prior = Prior::of(&shared.registry.load(), id);
+    // In force at once; the relay then persists it and tells the cloud.
+    shared
+        .registry
+        .revoke(id, Origin::Local, shared.clock.now_ms());
+    let (tx, rx) = oneshot::channel();
+    let sent = shared
+        .relay
+        .send(ControlRequest::Revoke {
+            link_id: id.to_owned(),
+            reply: tx,
+        })
+        .await;
+    if sent.is_err() {
+        return json!({"ok": false, "stopping": true, "error": "relay stopped; revocation in force in memory only"});
+    }
+    match rx.await {
+        Ok(Ok(())) => json!({"ok": true, "link_id": id, "was": prior.as_str()}),
+        Ok(Err(e)) => {
+            json!({"ok": false, "error": format!("revoked in memory, not persisted yet: {e}")})
+        }
+        Err(_) => {
+            json!({"ok": false, "stopping": true, "error": "relay stopped before persisting"})
+        }
     }
 }
 
@@ -223,6 +315,7 @@ pub fn link_rows(snap: &Snapshot) -> Vec<LinkRow> {
         .collect();
     let mut revoked: Vec<LinkRow> = snap
         .revoked()
+        .into_iter()
         .map(|r| LinkRow {
             id: r.id.clone(),
             kind: r.kind,
@@ -268,7 +361,11 @@ pub async fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
-            Err(ControlError::Refused(msg.to_owned()))
+            if v.get("stopping") == Some(&Value::Bool(true)) {
+                Err(ControlError::Stopping(msg.to_owned()))
+            } else {
+                Err(ControlError::Refused(msg.to_owned()))
+            }
         }
     };
     tokio::time::timeout(IO_TIMEOUT, work)
@@ -276,19 +373,64 @@ pub async fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
         .unwrap_or_else(|_| Err(proto("daemon did not answer within 5 s".into())))
 }
 
+/// Revokes `link_id` through the running daemon, or in the state files
+/// when none runs. A daemon that is starting or stopping holds the lock
+/// without answering for a moment: both are tried again for up to `wait`.
+pub async fn revoke(
+    socket: &Path,
+    state_dir: &Path,
+    link_id: &str,
+    wait: Duration,
+) -> Result<(Prior, Route), ControlError> {
+    let req = json!({"cmd": "revoke", "link_id": link_id});
+    let started = Instant::now();
+    loop {
+        let again = started.elapsed() < wait;
+        match request(socket, &req).await {
+            Ok(v) => return Ok((Prior::from_answer(&v), Route::Daemon)),
+            Err(ControlError::NotRunning { .. }) => {
+                match links::StateLock::try_acquire(state_dir) {
+                    Ok(lock) => {
+                        let prior = revoke_offline(state_dir, link_id, &lock)?;
+                        return Ok((prior, Route::StateFiles));
+                    }
+                    Err(links::LinksError::Locked { .. }) if again => {}
+                    Err(links::LinksError::Locked { .. }) => {
+                        return Err(ControlError::LockedSilent {
+                            state_dir: state_dir.to_path_buf(),
+                            socket: socket.to_path_buf(),
+                            waited: started.elapsed(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Cut off mid-request by a shutdown: revoking again is harmless.
+            Err(ControlError::Stopping(_) | ControlError::Protocol { .. }) if again => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(CLI_RETRY).await;
+    }
+}
+
 /// Revokes a link with no daemon running: under the state-dir lock, in the
 /// persisted file, noted as not yet told to the cloud (edge rule 8.10).
-/// Returns false when it was already revoked.
-pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::LinksError> {
-    let _lock = links::StateLock::try_acquire(state_dir)?;
+/// Returns what the id was before; nothing is written when it was revoked
+/// already. `lock` is the state-dir lock, taken by the caller.
+pub fn revoke_offline(
+    state_dir: &Path,
+    link_id: &str,
+    _lock: &links::StateLock,
+) -> Result<Prior, links::LinksError> {
     let (mut store, file) = links::Store::open(state_dir)?;
     let registry = Registry::from_file(file)?;
+    let prior = Prior::of(&registry.load(), link_id);
     let kind = registry.load().get(link_id).map(|l| l.kind);
     let at = crate::clock::local_ms();
     let newly = registry.revoke(link_id, Origin::Local, at);
     if newly {
         // Durable in one write, and `links.json` current before we exit.
-        store.save(registry.load().to_file())?;
+        store.persist(&registry, &[])?;
         store.mirror()?;
         crate::audit::append(
             state_dir,
@@ -308,11 +450,12 @@ pub fn revoke_offline(state_dir: &Path, link_id: &str) -> Result<bool, links::Li
             &[
                 links::LINKS_FILE,
                 links::SLOTS_FILE,
+                crate::tombstones::TOMBSTONES_FILE,
                 crate::audit::AUDIT_FILE,
             ],
         );
     }
-    Ok(newly)
+    Ok(prior)
 }
 
 /// Files written by root on the command line must stay readable by the
@@ -325,7 +468,7 @@ fn give_to_dir_owner(state_dir: &Path, names: &[&str]) {
     };
     for name in names {
         let path = state_dir.join(name);
-        if let Err(e) = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())) {
+        if let Err(e) = crate::statefile::chown(&path, meta.uid(), meta.gid()) {
             tracing::warn!(path = %path.display(), error = %e, "could not hand the file to the state_dir owner");
         }
     }

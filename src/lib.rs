@@ -8,9 +8,11 @@
 //! - [`relay`]: the task routing between the two; its sub-modules are the
 //!   pure decision core (command checks, idempotency, coalescing).
 //! - [`privacy`]: the pure filter applied to every frame for an assistant.
-//! - [`links`]: the link registry (lock-free snapshot) and its persistence.
+//! - [`links`]: the link registry (lock-free snapshot) and its persistence;
+//!   [`tombstones`]: the revoked ids' append-only log.
 //! - [`audit`]: the task owning the audit trail, and its export.
 //! - [`control`]: the local control socket and its command-line client.
+//! - [`statefile`]: every open of a file in `state_dir`, never through a link.
 //! - [`limits`], [`topic`], [`backoff`], [`clock`], [`durable`], [`slots`],
 //!   [`stats`], [`gate`]:
 //!   small helpers.
@@ -28,6 +30,7 @@
 //! One [`CancellationToken`] stops them all; [`run`] joins them under a
 //! deadline.
 
+pub mod admit;
 pub mod audit;
 pub mod backoff;
 pub mod clock;
@@ -47,7 +50,9 @@ pub mod protocol;
 pub mod relay;
 pub mod reload;
 pub mod slots;
+pub mod statefile;
 pub mod stats;
+pub mod tombstones;
 pub mod topic;
 
 #[cfg(feature = "demo")]
@@ -165,6 +170,7 @@ pub async fn run_with(
             stats: stats.clone(),
             audit: audit.clone(),
             audit_every: Duration::from_secs(config.audit.flush_s),
+            audit_max_bytes: config.audit.max_file_bytes,
             to_relay: cloud_tx,
             priority: prio_rx,
             outbox: out_rx,
@@ -192,6 +198,7 @@ pub async fn run_with(
     if let Some(l) = metrics_listener {
         tasks.spawn(metrics::serve(
             l,
+            admit::Admit::new("metrics", config.limits.max_connections),
             stats.clone(),
             registry.clone(),
             token.clone(),
@@ -199,6 +206,7 @@ pub async fn run_with(
     }
     tasks.spawn(control::serve(
         listener,
+        admit::Admit::new("control socket", config.limits.max_connections),
         control::Shared {
             registry,
             stats,
@@ -223,6 +231,7 @@ pub async fn run_with(
             tracing::warn!(error = %e, "log_level not applied");
         }
     }
+    raise_descriptor_limit();
     let control_socket = config.control_socket.clone();
     tracing::info!(gateway_id = %config.gateway_id, state_dir = %state_dir.display(), "hearthlink running");
     tasks.spawn(reload::run(
@@ -306,4 +315,30 @@ fn create_state_dir(dir: &std::path::Path) -> Result<(), Error> {
             path: dir.display().to_string(),
             source,
         })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (edge rule 22): the
+/// default soft limit of 1024 is what systemd and most shells give.
+fn raise_descriptor_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max && {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 || {
+                lim.rlim_cur = soft;
+                false
+            }
+        }
+    };
+    tracing::debug!(
+        soft = lim.rlim_cur,
+        hard = lim.rlim_max,
+        raised,
+        "descriptor limit"
+    );
 }

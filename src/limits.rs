@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+const MIN_PER_SECOND: f64 = 0.001;
+const MAX_PER_SECOND: f64 = 1_000_000.0;
+const MAX_BURST: u32 = 1_000_000;
+
 /// Rate limiter per command source.
 pub struct Limits {
     limiter: DefaultKeyedRateLimiter<String>,
@@ -24,16 +28,18 @@ impl std::fmt::Debug for Limits {
 }
 
 impl Limits {
-    /// `per_second` must be positive and finite, `burst` at least 1
-    /// (config validation guarantees both; out-of-range values are clamped).
+    /// `per_second` and `burst` are clamped to the ranges config
+    /// validation allows (0.001 to 10^6 per second, a burst of 1 to 10^6),
+    /// inside which the limiter's arithmetic cannot overflow: no value
+    /// can make it panic.
     pub fn new(per_second: f64, burst: u32) -> Self {
-        let per_second = if per_second.is_finite() && per_second > 0.0 {
-            per_second
+        let per_second = if per_second.is_finite() {
+            per_second.clamp(MIN_PER_SECOND, MAX_PER_SECOND)
         } else {
             1.0
         };
         let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst.min(MAX_BURST)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
@@ -58,6 +64,26 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_rate_or_burst_panics() {
+        for rate in [
+            1e-9,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e-300,
+            0.001,
+            1e12,
+        ] {
+            for burst in [0, 1, 20, 1_000_000, u32::MAX] {
+                let l = Limits::new(rate, burst);
+                assert!(l.try_acquire("app"), "{rate} {burst}");
+                l.housekeep();
+            }
+        }
+    }
 
     #[test]
     fn burst_then_refuse_per_source() {

@@ -22,14 +22,15 @@
 //! a mirror that a power loss cut short.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::slots::{SlotError, Slots};
+use crate::tombstones::{self, Event};
 use crate::topic::FilterSet;
 
 /// File name of the registry inside `state_dir`.
@@ -77,6 +78,16 @@ pub struct Link {
     pub commands: FilterSet,
 }
 
+/// A checked link waiting for the disk before it enters the registry.
+#[derive(Debug, Clone)]
+pub struct Grant(Arc<Link>);
+
+impl Grant {
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+}
+
 /// A tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoked {
@@ -89,12 +100,26 @@ pub struct Revoked {
     pub cloud_told: bool,
 }
 
-/// One immutable view of the registry.
+/// Tombstones only grow and are kept forever, so every snapshot shares the
+/// one map instead of copying it (a copy per revoke made the 50 000th
+/// revoke cost 50 000 clones, protocol rule 20).
+type Tombs = Arc<RwLock<HashMap<Arc<str>, Revoked>>>;
+
+/// One immutable view of the active links (the tombstones beside it are
+/// shared, see [`Tombs`]).
 #[derive(Debug, Default)]
 pub struct Snapshot {
     active: Vec<Arc<Link>>,
     by_id: HashMap<Arc<str>, Arc<Link>>,
-    revoked: HashMap<Arc<str>, Revoked>,
+    revoked: Tombs,
+}
+
+fn read(t: &Tombs) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Revoked>> {
+    t.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(t: &Tombs) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Revoked>> {
+    t.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Snapshot {
@@ -108,12 +133,12 @@ impl Snapshot {
     }
 
     /// The tombstone of `id`, when revoked.
-    pub fn revoked_entry(&self, id: &str) -> Option<&Revoked> {
-        self.revoked.get(id)
+    pub fn revoked_entry(&self, id: &str) -> Option<Revoked> {
+        read(&self.revoked).get(id).cloned()
     }
 
     pub fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.contains_key(id)
+        read(&self.revoked).contains_key(id)
     }
 
     /// Active links, ordered by id.
@@ -121,14 +146,15 @@ impl Snapshot {
         &self.active
     }
 
-    pub fn revoked(&self) -> impl Iterator<Item = &Revoked> {
-        self.revoked.values()
+    /// Every tombstone, in no order (a copy: callers are rare).
+    pub fn revoked(&self) -> Vec<Revoked> {
+        read(&self.revoked).values().cloned().collect()
     }
 
     /// How many links were ever revoked (tombstones are kept forever, so
     /// this only grows).
     pub fn revoked_count(&self) -> usize {
-        self.revoked.len()
+        read(&self.revoked).len()
     }
 
     /// Active links whose `expose` filters match `topic`.
@@ -136,7 +162,18 @@ impl Snapshot {
         self.active.iter().filter(move |l| l.expose.matches(topic))
     }
 
-    fn rebuild(links: Vec<Arc<Link>>, revoked: HashMap<Arc<str>, Revoked>) -> Self {
+    /// This snapshot with `grants` created or updated in order (revoked
+    /// ids skipped: a tombstone always wins).
+    fn with(&self, grants: &[Grant]) -> Snapshot {
+        let mut links = self.active.clone();
+        for g in grants.iter().filter(|g| !self.is_revoked(g.id())) {
+            links.retain(|l| l.id != g.0.id);
+            links.push(g.0.clone());
+        }
+        Snapshot::rebuild(links, self.revoked.clone())
+    }
+
+    fn rebuild(links: Vec<Arc<Link>>, revoked: Tombs) -> Self {
         let mut active = links;
         active.sort_by(|a, b| a.id.cmp(&b.id));
         let by_id = active.iter().map(|l| (l.id.clone(), l.clone())).collect();
@@ -147,13 +184,24 @@ impl Snapshot {
         }
     }
 
-    /// The persisted form of this snapshot.
+    /// The whole state, active links and tombstones, as `links list` and
+    /// older versions see it.
     pub fn to_file(&self) -> LinksFile {
-        let mut revoked: Vec<Revoked> = self.revoked.values().cloned().collect();
+        let mut revoked = self.revoked();
         revoked.sort_by(|a, b| a.id.cmp(&b.id));
+        LinksFile {
+            revoked,
+            ..self.active_file()
+        }
+    }
+
+    /// The active links as the store writes them (the tombstones are in
+    /// [`crate::tombstones`]).
+    fn active_file(&self) -> LinksFile {
         LinksFile {
             version: 1,
             seq: 0, // set by the store
+            revoked: Vec::new(),
             links: self
                 .active
                 .iter()
@@ -164,7 +212,6 @@ impl Snapshot {
                     commands: l.commands.as_slice().to_vec(),
                 })
                 .collect(),
-            revoked,
         }
     }
 }
@@ -206,7 +253,16 @@ pub enum LinksError {
 #[derive(Debug, Default)]
 pub struct Registry {
     current: ArcSwap<Snapshot>,
-    write: Mutex<()>,
+    write: Mutex<Unsaved>,
+}
+
+/// Changes the store has not written yet.
+#[derive(Debug, Default)]
+struct Unsaved {
+    /// Tombstone events for [`crate::tombstones`], oldest first.
+    events: Vec<Event>,
+    /// Bumped by every change of the active links.
+    generation: u64,
 }
 
 impl Registry {
@@ -223,10 +279,29 @@ impl Registry {
             }
             links.push(Arc::new(to_link(&l.id, l.kind, l.expose, l.commands)?));
         }
+        let tombs = Arc::new(RwLock::new(revoked));
         Ok(Registry {
-            current: ArcSwap::from_pointee(Snapshot::rebuild(links, revoked)),
-            write: Mutex::new(()),
+            current: ArcSwap::from_pointee(Snapshot::rebuild(links, tombs)),
+            write: Mutex::default(),
         })
+    }
+
+    fn unsaved(&self) -> std::sync::MutexGuard<'_, Unsaved> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the changes to write: the tombstone events and the active
+    /// links' generation.
+    pub fn take_unsaved(&self) -> (Vec<Event>, u64) {
+        let mut u = self.unsaved();
+        (std::mem::take(&mut u.events), u.generation)
+    }
+
+    /// Gives back events a failed write did not make durable.
+    pub fn restore_unsaved(&self, mut events: Vec<Event>) {
+        let mut u = self.unsaved();
+        events.append(&mut u.events);
+        u.events = events;
     }
 
     /// The current snapshot; cheap, lock-free.
@@ -239,19 +314,69 @@ impl Registry {
         self.current.load_full()
     }
 
+    /// Swaps in the snapshot `f` makes of the current one, if any, as a
+    /// change of the active links.
     fn update(&self, f: impl FnOnce(&Snapshot) -> Option<Snapshot>) -> bool {
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut u = self.unsaved();
         let cur = self.current.load();
         match f(&cur) {
             Some(next) => {
                 self.current.store(Arc::new(next));
+                u.generation += 1;
                 true
             }
             None => false,
         }
     }
 
-    /// Creates or updates an active link. Refused for a revoked id.
+    /// Checks a `link` frame's link without applying it: refused for a
+    /// revoked id or an invalid filter. Protocol rule 18: the grant enters
+    /// the registry only once it is on disk ([`Registry::file_with`], then
+    /// [`Registry::apply`]).
+    pub fn prepare(
+        &self,
+        id: &str,
+        kind: Kind,
+        expose: Vec<String>,
+        commands: Vec<String>,
+    ) -> Result<Grant, LinksError> {
+        let link = Arc::new(to_link(id, kind, expose, commands)?);
+        if self.load().is_revoked(id) {
+            return Err(LinksError::Revoked(id.to_owned()));
+        }
+        Ok(Grant(link))
+    }
+
+    /// The active links as the store writes them, with `grants` applied,
+    /// leaving the registry as it is.
+    pub fn file_with(&self, grants: &[Grant]) -> LinksFile {
+        let cur = self.load();
+        if grants.is_empty() {
+            return cur.active_file();
+        }
+        cur.with(grants).active_file()
+    }
+
+    /// Puts a persisted grant in force. Refused when the id was revoked
+    /// since it was prepared (the tombstone wins, on disk too).
+    pub fn apply(&self, grant: &Grant) -> Result<(), LinksError> {
+        let mut refused = false;
+        self.update(|cur| {
+            if cur.is_revoked(&grant.0.id) {
+                refused = true;
+                return None;
+            }
+            Some(cur.with(std::slice::from_ref(grant)))
+        });
+        if refused {
+            return Err(LinksError::Revoked(grant.0.id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Creates or updates an active link at once, with no disk in between
+    /// (tests, benches and the offline tools; the daemon grants through
+    /// [`Registry::prepare`]).
     pub fn upsert(
         &self,
         id: &str,
@@ -259,69 +384,55 @@ impl Registry {
         expose: Vec<String>,
         commands: Vec<String>,
     ) -> Result<(), LinksError> {
-        let link = Arc::new(to_link(id, kind, expose, commands)?);
-        let mut refused = false;
-        self.update(|cur| {
-            if cur.is_revoked(id) {
-                refused = true;
-                return None;
-            }
-            let mut links: Vec<Arc<Link>> = cur
-                .active
-                .iter()
-                .filter(|l| &*l.id != id)
-                .cloned()
-                .collect();
-            links.push(link);
-            Some(Snapshot::rebuild(links, cur.revoked.clone()))
-        });
-        if refused {
-            return Err(LinksError::Revoked(id.to_owned()));
-        }
-        Ok(())
+        self.apply(&self.prepare(id, kind, expose, commands)?)
     }
 
     /// Revokes `id` in memory, at once. Returns false when it already was.
     pub fn revoke(&self, id: &str, origin: Origin, at_ms: i64) -> bool {
-        self.update(|cur| {
-            if cur.is_revoked(id) {
-                return None;
+        let mut u = self.unsaved();
+        let cur = self.current.load_full();
+        let link = cur.get(id).cloned();
+        let tomb = Revoked {
+            id: id.to_owned(),
+            kind: link.as_ref().map(|l| l.kind),
+            at_ms,
+            origin,
+            cloud_told: origin == Origin::Cloud,
+        };
+        {
+            let mut t = write(&cur.revoked);
+            if t.contains_key(id) {
+                return false;
             }
-            let kind = cur.get(id).map(|l| l.kind);
+            t.insert(Arc::from(id), tomb.clone());
+        }
+        u.events.push(Event::Revoked(tomb));
+        if link.is_some() {
             let links = cur
                 .active
                 .iter()
                 .filter(|l| &*l.id != id)
                 .cloned()
                 .collect();
-            let mut revoked = cur.revoked.clone();
-            revoked.insert(
-                Arc::from(id),
-                Revoked {
-                    id: id.to_owned(),
-                    kind,
-                    at_ms,
-                    origin,
-                    cloud_told: origin == Origin::Cloud,
-                },
-            );
-            Some(Snapshot::rebuild(links, revoked))
-        })
+            self.current
+                .store(Arc::new(Snapshot::rebuild(links, cur.revoked.clone())));
+            u.generation += 1;
+        }
+        true
     }
 
     /// Records that the cloud has been sent the `revoked` frame for `id`.
     pub fn mark_told(&self, id: &str) -> bool {
-        self.update(|cur| {
-            let r = cur.revoked.get(id)?;
-            if r.cloud_told {
-                return None;
-            }
-            let mut revoked = cur.revoked.clone();
-            if let Some(r) = revoked.get_mut(id) {
-                r.cloud_told = true;
-            }
-            Some(Snapshot::rebuild(cur.active.clone(), revoked))
-        })
+        let mut u = self.unsaved();
+        let cur = self.current.load();
+        match write(&cur.revoked).get_mut(id) {
+            Some(r) if !r.cloud_told => r.cloud_told = true,
+            _ => return false,
+        }
+        u.events.push(Event::Told {
+            told: id.to_owned(),
+        });
+        true
     }
 }
 
@@ -372,8 +483,10 @@ pub struct LinksFile {
     pub revoked: Vec<Revoked>,
 }
 
-/// Reads the registry's state: the newer of `links.json` and the newest
-/// whole record of `links.slots`. Missing files are an empty registry.
+/// Reads the registry's state: the active links of the newer of
+/// `links.json` and the newest whole record of `links.slots`, and the
+/// tombstones of `revoked.log` (with those older versions kept in
+/// `links.json`). Missing files are an empty registry.
 pub fn load_file(state_dir: &Path) -> Result<LinksFile, LinksError> {
     Ok(load(state_dir)?.file)
 }
@@ -386,11 +499,30 @@ struct Loaded {
     slots: Option<Slots>,
     /// The slot record's text when it is newer than `links.json`.
     unmirrored: Option<Vec<u8>>,
+    /// The tombstone log is due a rewrite: mostly superseded lines, or
+    /// tombstones of an older version's `links.json` not in it.
+    compact: bool,
+}
+
+/// Adds the tombstone log to `file.revoked`; true when the log should be
+/// rewritten (see [`Loaded::compact`]).
+fn merge_tombstones(state_dir: &Path, file: &mut LinksFile) -> Result<bool, LinksError> {
+    let path = state_dir.join(tombstones::TOMBSTONES_FILE);
+    let mut log =
+        tombstones::load(state_dir).map_err(|source| LinksError::Read { path, source })?;
+    let logged = log.revoked.len();
+    for r in file.revoked.drain(..) {
+        tombstones::apply(&mut log.revoked, Event::Revoked(r));
+    }
+    let compact = log.revoked.len() > logged || log.lines > 2 * logged + 64;
+    file.revoked = log.revoked.into_values().collect();
+    file.revoked.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(compact)
 }
 
 fn load(state_dir: &Path) -> Result<Loaded, LinksError> {
     let path = state_dir.join(LINKS_FILE);
-    let json = match std::fs::read(&path) {
+    let json = match crate::statefile::read(&path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|source| LinksError::Parse { path, source })?
         }
@@ -408,22 +540,53 @@ fn load(state_dir: &Path) -> Result<Loaded, LinksError> {
         // starting from `links.json` alone could bring a revoked link back.
         Err(e) => return Err(e.into()),
     };
-    match record {
+    let (mut file, unmirrored) = match record {
         Some(r) if r.seq > json.seq => {
-            let file = serde_json::from_slice(&r.body)
+            let mut file: LinksFile = serde_json::from_slice(&r.body)
                 .map_err(|source| LinksError::Parse { path, source })?;
-            Ok(Loaded {
-                file,
-                slots,
-                unmirrored: Some(r.body),
-            })
+            // Tombstones an older version wrote only to links.json.
+            file.revoked.extend(json.revoked);
+            (file, Some(r.body))
         }
-        _ => Ok(Loaded {
-            file: json,
-            slots,
-            unmirrored: None,
-        }),
-    }
+        _ => (json, None),
+    };
+    let compact = merge_tombstones(state_dir, &mut file)?;
+    Ok(Loaded {
+        file,
+        slots,
+        unmirrored,
+        compact,
+    })
+}
+
+fn to_json(file: &LinksFile) -> Result<Vec<u8>, LinksError> {
+    serde_json::to_vec_pretty(file).map_err(|e| LinksError::Write {
+        path: PathBuf::from(LINKS_FILE),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// The registry's tombstones of every id `events` name, as they are now.
+fn carried_tombstones(events: &[Event], registry: &Registry) -> Vec<Revoked> {
+    let snap = registry.load();
+    carried_tombstone_ids(events)
+        .into_iter()
+        .filter_map(|id| snap.revoked_entry(id))
+        .collect()
+}
+
+/// The ids `events` name, sorted, once each.
+fn carried_tombstone_ids(events: &[Event]) -> Vec<&str> {
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            Event::Told { told } => told.as_str(),
+            Event::Revoked(r) => r.id.as_str(),
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Writes the registry's state durably (see the module doc). One owner at
@@ -436,6 +599,11 @@ pub struct Store {
     slots: Option<Slots>,
     /// The last state made durable in a slot only, for `links.json`.
     unmirrored: Option<Vec<u8>>,
+    /// Tombstone events written in a slot record, not yet in the log.
+    carried: Vec<Event>,
+    /// The registry generation last written (`None`: write at the first
+    /// [`Store::persist`]).
+    saved: Option<u64>,
 }
 
 /// Where a [`Store::save`] made the state durable.
@@ -455,15 +623,61 @@ impl Store {
             file,
             slots,
             unmirrored,
+            compact,
         } = load(state_dir)?;
+        if compact {
+            let path = state_dir.join(tombstones::TOMBSTONES_FILE);
+            tombstones::rewrite(state_dir, file.revoked.iter())
+                .map_err(|source| LinksError::Write { path, source })?;
+        }
         let seq = file.seq.max(slots.as_ref().map_or(0, Slots::newest));
         let store = Store {
             dir: state_dir.to_owned(),
             seq,
             slots,
             unmirrored,
+            saved: None,
+            carried: Vec::new(),
         };
         Ok((store, file))
+    }
+
+    /// Makes every change of `registry` durable, with `grants` applied.
+    ///
+    /// When the active links changed (a grant, the revoke of an active
+    /// link), one write does it all: the links, with the new tombstones
+    /// carried beside them until [`Store::mirror`] appends them to the log.
+    /// Otherwise (the revoke of an unknown id, "told") the events are
+    /// appended to the log. Either way one flush; events a failed write
+    /// did not make durable go back to the registry for the next try.
+    pub fn persist(&mut self, registry: &Registry, grants: &[Grant]) -> Result<(), LinksError> {
+        let (events, generation) = registry.take_unsaved();
+        if self.saved == Some(generation) && grants.is_empty() {
+            return self
+                .append_some(&events)
+                .inspect_err(|_| registry.restore_unsaved(events));
+        }
+        let carried = self.carried.len();
+        self.carried.extend(events);
+        let mut file = registry.file_with(grants);
+        file.revoked = carried_tombstones(&self.carried, registry);
+        if let Err(e) = self.save(file) {
+            registry.restore_unsaved(self.carried.split_off(carried));
+            return Err(e);
+        }
+        self.saved = Some(generation);
+        Ok(())
+    }
+
+    /// Appends `events` to the log; none is no write.
+    fn append_some(&self, events: &[Event]) -> Result<(), LinksError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        tombstones::append(&self.dir, events).map_err(|source| LinksError::Write {
+            path: self.dir.join(tombstones::TOMBSTONES_FILE),
+            source,
+        })
     }
 
     /// Makes `file` durable as the next write. When the slot write fails
@@ -472,10 +686,7 @@ impl Store {
     pub fn save(&mut self, mut file: LinksFile) -> Result<Durable, LinksError> {
         self.seq += 1;
         file.seq = self.seq;
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| LinksError::Write {
-            path: self.dir.join(LINKS_FILE),
-            source: std::io::Error::other(e),
-        })?;
+        let bytes = to_json(&file)?;
         if let Some(slots) = &mut self.slots {
             match slots.write(self.seq, &bytes) {
                 Ok(()) => {
@@ -502,17 +713,30 @@ impl Store {
         Ok(Durable::Json)
     }
 
-    /// True when the newest state is not in `links.json` yet.
+    /// True when the newest state is not in `links.json` yet, or
+    /// tombstones wait in a slot record for the log.
     pub fn needs_mirror(&self) -> bool {
-        self.unmirrored.is_some()
+        self.unmirrored.is_some() || !self.carried.is_empty()
     }
 
-    /// Copies the newest state to `links.json` (temp file, fsync, rename).
+    /// Moves carried tombstones to the log, then copies the newest state
+    /// to `links.json` (temp file, fsync, rename) without them.
     pub fn mirror(&mut self) -> Result<(), LinksError> {
+        let carried = std::mem::take(&mut self.carried);
+        if let Err(e) = self.append_some(&carried) {
+            self.carried = carried;
+            return Err(e);
+        }
+        let logged = carried_tombstone_ids(&carried);
         let Some(bytes) = &self.unmirrored else {
             return Ok(());
         };
-        self.write_json(bytes)?;
+        let path = self.dir.join(LINKS_FILE);
+        let mut file: LinksFile =
+            serde_json::from_slice(bytes).map_err(|source| LinksError::Parse { path, source })?;
+        file.revoked
+            .retain(|r| logged.binary_search(&r.id.as_str()).is_err());
+        self.write_json(&to_json(&file)?)?;
         self.unmirrored = None;
         Ok(())
     }
@@ -536,12 +760,8 @@ impl StateLock {
     /// Takes the lock without waiting.
     pub fn try_acquire(state_dir: &Path) -> Result<Self, LinksError> {
         let path = state_dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| LinksError::Write {
+        let file =
+            crate::statefile::open_or_create(&path, 0o600).map_err(|source| LinksError::Write {
                 path: path.clone(),
                 source,
             })?;
@@ -583,12 +803,12 @@ mod tests {
         let r = reg();
         assert!(r.revoke("ghost", Origin::Local, 5));
         let snap = r.load();
-        let t = snap.revoked().next().expect("tombstone");
+        let t = snap.revoked().into_iter().next().expect("tombstone");
         assert_eq!(t.id, "ghost");
         assert!(!t.cloud_told);
         drop(snap);
         assert!(r.mark_told("ghost"));
-        assert!(r.load().revoked().all(|t| t.cloud_told));
+        assert!(r.load().revoked().iter().all(|t| t.cloud_told));
     }
 
     #[test]
@@ -631,6 +851,90 @@ mod tests {
             r.upsert("a", Kind::Alexa, vec!["a/#/b".into()], vec![]),
             Err(LinksError::Filter { .. })
         ));
+    }
+
+    /// Rule 20: a revoke costs the same at the 5 000th as at the first: the
+    /// link files do not grow, the log grows by one line, and the active
+    /// links' snapshot is not copied for an unknown id.
+    #[test]
+    fn revoking_costs_the_same_at_the_5000th_as_at_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, file) = Store::open(dir.path()).expect("open");
+        let r = Registry::from_file(file).expect("registry");
+        r.upsert("kept", Kind::Alexa, vec!["x/#".into()], vec![])
+            .expect("link");
+        store.persist(&r, &[]).expect("first write");
+        store.mirror().expect("mirror");
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+        let files = (size(SLOTS_FILE), size(LINKS_FILE));
+        let mut growth = Vec::new();
+        for round in 0..5 {
+            let before = size(tombstones::TOMBSTONES_FILE);
+            for i in 0..1000 {
+                let snap = r.snapshot();
+                assert!(r.revoke(&format!("gone-{round}-{i:04}"), Origin::Cloud, 1));
+                assert!(Arc::ptr_eq(&snap, &r.snapshot()), "snapshot copied");
+                if i % 10 == 9 {
+                    store.persist(&r, &[]).expect("persist");
+                }
+            }
+            store.mirror().expect("mirror");
+            growth.push(size(tombstones::TOMBSTONES_FILE) - before);
+            assert_eq!((size(SLOTS_FILE), size(LINKS_FILE)), files, "round {round}");
+        }
+        assert!(growth.iter().all(|g| *g == growth[0]), "{growth:?}");
+        assert!(growth[0] < 1000 * 128, "{growth:?}");
+        // All of it comes back, the link too.
+        let back = Registry::from_file(load_file(dir.path()).expect("load")).expect("registry");
+        assert_eq!(back.load().revoked_count(), 5000);
+        assert!(back.load().is_active("kept"));
+    }
+
+    #[test]
+    fn revoking_an_active_link_is_one_slot_write_and_reaches_the_log_at_the_mirror() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, file) = Store::open(dir.path()).expect("open");
+        let r = Registry::from_file(file).expect("registry");
+        r.upsert("a", Kind::Alexa, vec!["x/#".into()], vec![])
+            .expect("link");
+        store.persist(&r, &[]).expect("grant");
+        store.mirror().expect("mirror");
+        let log = dir.path().join(tombstones::TOMBSTONES_FILE);
+        assert!(r.revoke("a", Origin::Cloud, 7));
+        store.persist(&r, &[]).expect("revoke");
+        // Durable before the mirror: in the slot record, not yet in the log.
+        assert!(!log.exists(), "the log was written on the revoke's path");
+        let back = load_file(dir.path()).expect("load");
+        assert!(back.links.is_empty() && back.revoked.len() == 1, "{back:?}");
+        assert!(store.needs_mirror());
+        store.mirror().expect("mirror");
+        assert!(!store.needs_mirror());
+        assert_eq!(tombstones::load(dir.path()).expect("log").revoked.len(), 1);
+        assert!(json_on_disk(dir.path()).revoked.is_empty());
+        let back = load_file(dir.path()).expect("load");
+        assert_eq!(back.revoked[0].id, "a");
+        assert!(back.links.is_empty());
+    }
+
+    #[test]
+    fn tombstones_of_an_older_links_json_move_to_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(LINKS_FILE),
+            br#"{"version":1,"links":[{"id":"old","kind":"alexa"}],"revoked":[{"id":"old","origin":"cloud","at_ms":5,"cloud_told":false}]}"#,
+        )
+        .expect("write");
+        let (mut store, file) = Store::open(dir.path()).expect("open");
+        let r = Registry::from_file(file).expect("registry");
+        assert!(r.load().is_revoked("old") && !r.load().is_active("old"));
+        assert!(r.mark_told("old"));
+        store.persist(&r, &[]).expect("persist");
+        store.mirror().expect("mirror");
+        let log = tombstones::load(dir.path()).expect("log").revoked;
+        assert!(log["old"].cloud_told, "{log:?}");
+        let back = load_file(dir.path()).expect("load");
+        assert_eq!(back.revoked.len(), 1);
+        assert!(back.revoked[0].cloud_told);
     }
 
     #[test]

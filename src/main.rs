@@ -13,6 +13,9 @@ use serde_json::json;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code of `status` when no daemon answers.
 const EXIT_NO_DAEMON: u8 = 3;
+/// Exit code of `links revoke` for an id no link had (like `links pause`
+/// of an unknown link, protocol section 10).
+const EXIT_UNKNOWN_LINK: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -158,12 +161,18 @@ fn init_logging(format: LogFormat, default_filter: &str) -> hearthlink::reload::
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (filter, handle) = reload::Layer::new(filter);
+    // Colour only for a person at a terminal, not in the journal or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let output = match format {
-        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Pretty => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
+        .with(hearthlink::reload::secret_safe_levels())
         .with(output)
         .init();
     std::sync::Arc::new(move |level: &str| {
@@ -219,7 +228,10 @@ async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter
             }
         }
         Command::Init(args) => hearthlink::init::run(args).context("hearthlink init"),
-        Command::Links { command } => links(command).await,
+        Command::Links { command } => match links(command).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Audit {
             command: AuditCommand::Export { config, link },
         } => match load_config(&config.config) {
@@ -288,7 +300,7 @@ fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn links(command: LinksCommand) -> anyhow::Result<()> {
+async fn links(command: LinksCommand) -> anyhow::Result<ExitCode> {
     match command {
         LinksCommand::List { config, json } => {
             let cfg = load_config(&config.config)
@@ -305,7 +317,7 @@ async fn links(command: LinksCommand) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             print_links(&rows, json);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         LinksCommand::Revoke { id, config } => {
             let cfg = load_config(&config.config)
@@ -313,23 +325,38 @@ async fn links(command: LinksCommand) -> anyhow::Result<()> {
             if !hearthlink::protocol::valid_link_id(&id) {
                 anyhow::bail!("link id must be 1 to 128 bytes without control characters");
             }
-            let req = json!({"cmd": "revoke", "link_id": id});
-            match control::request(&cfg.control_socket, &req).await {
-                Ok(_) => {
-                    println!("link {id} revoked; the cloud has been told");
-                    Ok(())
-                }
-                Err(control::ControlError::NotRunning { .. }) => {
-                    let newly = control::revoke_offline(&cfg.state_dir, &id)?;
-                    if newly {
-                        println!("link {id} revoked (no daemon running: the cloud will be told at its next start)");
-                    } else {
-                        println!("link {id} was already revoked");
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            }
+            let (prior, route) =
+                control::revoke(&cfg.control_socket, &cfg.state_dir, &id, control::CLI_WAIT)
+                    .await?;
+            Ok(report_revoke(&id, prior, route))
+        }
+    }
+}
+
+/// Says what a revoke did; an id no link had exits [`EXIT_UNKNOWN_LINK`]
+/// (a typo revokes nothing that was active).
+fn report_revoke(id: &str, prior: control::Prior, route: control::Route) -> ExitCode {
+    use control::{Prior, Route};
+    let told = match route {
+        Route::Daemon => "the cloud has been told",
+        Route::StateFiles => "no daemon running: the cloud will be told at its next start",
+    };
+    match prior {
+        Prior::Active => {
+            println!("link {id} revoked; {told}");
+            ExitCode::SUCCESS
+        }
+        Prior::Revoked => {
+            println!("link {id} was already revoked");
+            ExitCode::SUCCESS
+        }
+        Prior::Unknown => {
+            eprintln!(
+                "error: no link {id} was known to this gateway, so no active link was revoked \
+                 (`hearthlink links list` shows them); {id} is recorded as revoked all the same, \
+                 so it can never be granted"
+            );
+            ExitCode::from(EXIT_UNKNOWN_LINK)
         }
     }
 }

@@ -154,7 +154,7 @@ pub fn render(stats: &Stats, links: &links::Snapshot) -> String {
         &mut reg,
         "links_revoked",
         "Revoked assistant links (tombstones)",
-        links.revoked().count() as i64,
+        links.revoked_count() as i64,
     );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
@@ -166,6 +166,7 @@ pub fn render(stats: &Stats, links: &links::Snapshot) -> String {
 /// Serves scrapes until `token` is cancelled.
 pub async fn serve(
     listener: TcpListener,
+    mut admit: crate::admit::Admit,
     stats: Arc<Stats>,
     registry: Arc<links::Registry>,
     token: CancellationToken,
@@ -176,13 +177,17 @@ pub async fn serve(
             c = listener.accept() => c,
         };
         let Ok((stream, _)) = conn else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(crate::admit::ACCEPT_BACKOFF).await;
             continue;
+        };
+        let Some(permit) = admit.admit() else {
+            continue; // dropped: closed at once
         };
         let (stats, registry) = (stats.clone(), registry.clone());
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &stats, &registry))
                 .await;
+            drop(permit);
         });
     }
 }
@@ -241,7 +246,8 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
-        tokio::spawn(serve(listener, stats, reg, token.clone()));
+        let admit = crate::admit::Admit::new("metrics", 4);
+        tokio::spawn(serve(listener, admit, stats, reg, token.clone()));
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .await

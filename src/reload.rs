@@ -8,6 +8,19 @@
 //! their own settings changed. The log filter is swapped in place. Token
 //! and CA files need no reload: they are read again at every connect.
 
+/// Caps the libraries that print secrets at their most verbose levels
+/// (edge rule 23): tungstenite logs the whole upgrade request, with the
+/// `Authorization: Bearer` header, at trace. This filter sits beside the
+/// `log_level` / `RUST_LOG` one and is not reloaded, so no setting can
+/// lift it.
+pub fn secret_safe_levels() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+}
+
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -60,6 +73,10 @@ impl Reloader {
             ),
             ("audit", new.audit != self.current.audit),
             ("metrics", new.metrics != self.current.metrics),
+            (
+                "limits.max_connections",
+                new.limits.max_connections != self.current.limits.max_connections,
+            ),
         ];
         for (key, changed) in fixed {
             if changed {

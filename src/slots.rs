@@ -22,7 +22,6 @@
 //! removed behind the daemon's back is seen at the next write, not
 //! written through a stale descriptor.
 
-use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -79,7 +78,7 @@ impl Slots {
     /// Reads the file: the slots set up for the next write, and the newest
     /// valid record. `Ok(None)` when the file does not exist.
     pub fn open(path: &Path) -> Result<Option<(Slots, Option<Record>)>, SlotError> {
-        let mut f = match File::open(path) {
+        let mut f = match crate::statefile::open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(path)(e)),
@@ -149,10 +148,7 @@ impl Slots {
         let path = &self.path;
         // No `create`: a missing file is an error (the caller makes a new
         // one), never a short file that would need new blocks.
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
+        let f = crate::statefile::open_write(path).map_err(io_err(path))?;
         let size = f.metadata().map_err(io_err(path))?.len();
         if size != 2 * self.slot as u64 {
             return Err(SlotError::Size {
@@ -213,7 +209,10 @@ fn decode(slot: &[u8]) -> Option<Record> {
 /// Overwrites `bytes` at `offset` of `path` (test helper: crash images).
 #[cfg(test)]
 fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
-    let f = OpenOptions::new().write(true).open(path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
     f.write_all_at(bytes, offset).expect("write");
 }
 

@@ -41,14 +41,23 @@ fn row<'a>(rows: &'a Value, id: &str) -> &'a Value {
 }
 
 /// The tombstone of `id` in the `links.json` at `path`, if it is there.
+/// The tombstone of `id` as the state dir of `links.json` at `path` holds
+/// it (the tombstone log, with the links files).
 fn tombstone(path: &std::path::Path, id: &str) -> Option<Value> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let doc: Value = serde_json::from_str(&text).ok()?;
-    doc["revoked"]
-        .as_array()?
-        .iter()
-        .find(|r| r["id"] == id)
-        .cloned()
+    let file = hearthlink::links::load_file(path.parent()?).ok()?;
+    let r = file.revoked.into_iter().find(|r| r.id == id)?;
+    serde_json::to_value(r).ok()
+}
+
+/// Whether the copy in `links.json` at `path` lists `id` as active.
+fn active_in_json(path: &std::path::Path, id: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let doc: Value = serde_json::from_str(&text).unwrap_or_default();
+    doc["links"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|l| l["id"] == id))
 }
 
 /// Waits until the copy in `links.json` at `path` shows `links` active
@@ -478,7 +487,10 @@ async fn a_revoke_acked_before_a_kill_9_is_revoked_after_it() {
     command(&conn, "c-1", "link:k9-1", CMD_TOPIC, json!("1"));
     assert_rejected(&conn.expect_ack("c-1").await, "revoked");
     assert!(
-        wait_until(WAIT, || async move { tombstone(lf, "k9-1").is_some() }).await,
+        wait_until(WAIT, || async move {
+            tombstone(lf, "k9-1").is_some() && !active_in_json(lf, "k9-1")
+        })
+        .await,
         "links.json catches up with links.slots at start"
     );
     gw.stop().await;
@@ -754,9 +766,8 @@ async fn offline_cli_revoke_is_sent_right_after_the_next_welcome() {
     let (code, out, err) = cli(&["links", "revoke", "off-1"], &files.config_path).await;
     assert_eq!(code, Some(0), "offline revoke: {out} {err}");
     assert!(out.contains("no daemon running"), "{out}");
-    let state = std::fs::read_to_string(files.state_dir().join(hearthlink::links::LINKS_FILE))
-        .expect("links.json");
-    let state: Value = serde_json::from_str(&state).expect("links.json is JSON");
+    let state = hearthlink::links::load_file(&files.state_dir()).expect("link state");
+    let state = serde_json::to_value(&state).expect("as JSON");
     let tomb = state["revoked"]
         .as_array()
         .and_then(|a| a.iter().find(|r| r["id"] == "off-1"))
@@ -847,6 +858,73 @@ async fn states_in(gw: &Gw) -> u64 {
 }
 
 // ------------------------------------------------------------------ audit
+
+/// Edge rule 20: the disclosure tally goes to the audit before it would
+/// make more than `audit.max_file_bytes`, and no audit file passes that
+/// bound by more than one record. Before, the tally grew with every new
+/// topic until `audit.flush_s` and was written as one file (the issue: 300
+/// 000 topics, 272 MB of memory, one 49 MB file with a 1 MiB bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_of_many_topics_is_flushed_and_rotated_within_max_file_bytes() {
+    let max = 4096;
+    let mut rig = Rig::start(Opts {
+        extra_sections: format!(
+            "\n[audit]\nmax_file_bytes = {max}\nflush_s = 3600\nmax_files = 1000\n"
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    link_ok(&mut rig.conn, "l-1", "many-1", &["ampio/from/many/#"]).await;
+    let topics = 300;
+    for i in 0..topics {
+        let topic = format!("ampio/from/many/device-{i:05}/state");
+        client.publish(&topic, r#"{"temperature":21}"#, 0).await;
+    }
+    let last = format!("ampio/from/many/device-{:05}/state", topics - 1);
+    rig.conn
+        .expect_frame(
+            "the last link frame",
+            |v| is_link_frame(v, "many-1") && v["topic"] == last,
+            WAIT,
+        )
+        .await;
+    // Each record is about 200 bytes: 300 of them are ~15 bound-fulls,
+    // written long before `flush_s`.
+    let state = rig.daemon.files.state_dir();
+    let disclosed = || -> Vec<(String, u64, usize)> {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(&state).expect("state dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("audit.") && name.ends_with(".jsonl") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let n = text
+                    .lines()
+                    .filter(|l| l.contains("\"disclosure\""))
+                    .count();
+                files.push((name, text.len() as u64, n));
+            }
+        }
+        files
+    };
+    let ok = common::wait_until(Duration::from_secs(10), || {
+        let n: usize = disclosed().iter().map(|f| f.2).sum();
+        async move { n >= topics * 9 / 10 }
+    })
+    .await;
+    let files = disclosed();
+    assert!(ok, "the tally was not flushed by size: {files:?}");
+    assert!(files.len() >= 10, "rotated past the bound: {files:?}");
+    let record = 512;
+    for (name, len, _) in &files {
+        assert!(
+            *len <= max + record,
+            "{name} is {len} bytes, the bound {max}"
+        );
+    }
+    rig.daemon.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_export_matches_the_link_frames_sent() {
@@ -981,6 +1059,7 @@ async fn revoke_that_cannot_be_persisted_is_unavailable_but_cuts_off_at_once() {
     let blockers = [
         links_file.clone(),
         state_dir.join(hearthlink::links::SLOTS_FILE),
+        state_dir.join(hearthlink::tombstones::TOMBSTONES_FILE),
     ];
     wait_copied(&links_file, 1).await;
     for f in &blockers {
@@ -1048,9 +1127,8 @@ async fn revoke_that_cannot_be_persisted_is_unavailable_but_cuts_off_at_once() {
     }
     send_revoke(&rig.conn, "r-1", "ro-1");
     assert_ok(&rig.conn.expect_ack("r-1").await);
-    let persisted: Value =
-        serde_json::from_str(&std::fs::read_to_string(&links_file).expect("links.json"))
-            .expect("links.json is JSON");
+    let persisted = hearthlink::links::load_file(&state_dir).expect("link state");
+    let persisted = serde_json::to_value(&persisted).expect("as JSON");
     assert!(
         persisted["revoked"]
             .as_array()

@@ -414,3 +414,23 @@ async fn frames_before_welcome_are_refused_and_not_executed() {
     );
     rig.daemon.stop().await;
 }
+
+/// Edge rule 25: a frame over the transport's 16 MiB is answered with a
+/// close frame 1009 (before, the gateway dropped the TCP connection and the
+/// cloud saw 1006), then the gateway reconnects as after any close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_16_mib_is_answered_with_close_1009_then_a_new_session() {
+    let mut rig = Rig::start(Opts::default()).await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    rig.conn.send_text("x".repeat((16 << 20) + 1024));
+    assert_eq!(
+        rig.conn.expect_close(common::LONG_WAIT).await,
+        Some(1009),
+        "close code"
+    );
+    let (mut conn, hello) = rig.cloud.accept_hello(common::LONG_WAIT).await;
+    assert_eq!(hello["type"], "hello");
+    common::rig::wait_relay_up(&mut conn, &client, common::LONG_WAIT).await;
+    rig.daemon.stop().await;
+}

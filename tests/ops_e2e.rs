@@ -426,6 +426,138 @@ async fn reload_applies_a_privacy_change_to_the_next_frame_without_reconnecting(
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", bin.stderr());
 }
 
+/// Edge rule 24: a number outside the range the daemon works in is refused
+/// by `check-config`, `run` and `reload`, naming the key. Before, a
+/// command rate of 1e-9 passed, then overflowed the rate limiter: `run`
+/// aborted, and `reload` said "configuration reloaded" and aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_cannot_work_is_refused_and_never_crashes_the_daemon() {
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), broker.port(), &cloud);
+    assert!(
+        files.toml.trim_end().ends_with("[limits]"),
+        "{}",
+        files.toml
+    );
+    let bad = format!("{}commands_per_second = 1e-9\n", files.toml);
+    let bad_path = files.dir.path().join("bad.toml");
+    std::fs::write(&bad_path, &bad).expect("write bad config");
+    for cmd in ["check-config", "run"] {
+        let (code, out, err) = cli(&[cmd], &bad_path).await;
+        assert_eq!(code, Some(2), "{cmd}: {out} {err}");
+        assert!(err.contains("limits.commands_per_second"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+    let mut bin = BinDaemon::spawn(&files.config_path, files.dir.path(), &[]);
+    let (mut conn, _) = accept_hello_of(&mut cloud, &bin).await;
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    std::fs::write(&files.config_path, &bad).expect("write bad config");
+    let (code, out, err) = cli(&["reload"], &files.config_path).await;
+    assert_ne!(code, Some(0), "reload: {out} {err}");
+    assert!(err.contains("limits.commands_per_second"), "{err}");
+    bin.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(bin.running(), "{}", bin.stderr());
+    assert!(!bin.stderr().contains("panicked"), "{}", bin.stderr());
+    conn.command("c-1", "ampio/to/x/cmd", json!("on"));
+    let ack = conn.expect_ack("c-1").await;
+    assert_eq!(ack["status"], "ok", "still executing commands: {ack}");
+    bin.signal("TERM");
+    bin.wait_exit(Duration::from_secs(5)).await;
+}
+
+/// Edge rule 23 and installer item 19: at the most verbose log level, set
+/// by `RUST_LOG` or by `log_level`, the cloud token appears nowhere in the
+/// log (tungstenite printed the upgrade request with `Authorization:
+/// Bearer` at trace), and a log that is not a terminal has no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_reaches_the_log_at_trace_and_the_log_has_no_colour_codes() {
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let by_config = Opts {
+        extra_top: "log_level = \"trace\"\n".into(),
+        ..Opts::default()
+    };
+    for (opts, env) in [
+        (Opts::default(), vec![("RUST_LOG", "trace")]),
+        (by_config, vec![("RUST_LOG", "")]),
+    ] {
+        let files = write_files(&opts, broker.port(), &cloud);
+        let mut bin = BinDaemon::spawn(&files.config_path, files.dir.path(), &env);
+        let (mut conn, _) = accept_hello_of(&mut cloud, &bin).await;
+        let client = MqttClient::connect(broker.port()).await;
+        wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+        bin.signal("TERM");
+        bin.wait_exit(Duration::from_secs(5)).await;
+        let log = bin.stderr();
+        assert!(log.contains("TRACE"), "trace output is on ({env:?}): {log}");
+        assert!(
+            log.contains("handshake done"),
+            "tungstenite's debug lines stay: {log}"
+        );
+        assert!(
+            !log.contains(&cloud.token),
+            "the token is in the log ({env:?})"
+        );
+        assert!(!log.to_ascii_lowercase().contains("bearer"), "{env:?}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in a piped log ({env:?})"
+        );
+    }
+}
+
+/// Edge rule 22: a local user holding a thousand connections to the
+/// metrics endpoint cannot leave the daemon without descriptors. Run with
+/// a hard limit of 256 descriptors: before, the held connections took them
+/// all and a link grant was answered `unavailable` ("Too many open
+/// files"); now the endpoint serves `limits.max_connections` (default 64)
+/// and closes the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_held_open_on_the_metrics_port_cannot_starve_the_daemon() {
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let port = common::broker::free_port();
+    let opts = Opts {
+        extra_sections: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..Opts::default()
+    };
+    let files = write_files(&opts, broker.port(), &cloud);
+    let config = files.config_path.to_string_lossy().into_owned();
+    let mut bin = common::daemon::Binary::spawn_under(
+        &["prlimit", "--nofile=256:256"],
+        &["run", "--config", &config],
+        files.dir.path(),
+        &[],
+    );
+    let (mut conn, _) = accept_hello_of(&mut cloud, &bin).await;
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => held.push(s),
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The daemon still grants (a durable write), audits and revokes.
+    link_ok(&mut conn, "l-1", "fd-1", &["ampio/from/fd/#"]).await;
+    let (code, out, err) = cli(&["links", "revoke", "fd-1"], &files.config_path).await;
+    assert_eq!(code, Some(0), "revoke: {out} {err}");
+    assert!(bin.running(), "{}", bin.stderr());
+    assert!(
+        !bin.stderr().contains("Too many open files"),
+        "{}",
+        bin.stderr()
+    );
+    drop(held);
+    bin.signal("TERM");
+    bin.wait_exit(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_reload_keeps_the_running_configuration() {
     let broker = Broker::start();

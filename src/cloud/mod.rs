@@ -93,6 +93,8 @@ pub enum CloudError {
     Unauthorized(u16),
     #[error("websocket upgrade: {0}")]
     Upgrade(String),
+    #[error("the cloud sent {0}; closed with 1009")]
+    TooLarge(String),
     #[error("server did not select subprotocol hearthlink.v1")]
     Subprotocol,
     #[error("no welcome within 10 s of hello")]
@@ -137,6 +139,9 @@ pub struct Wiring {
     pub audit: AuditHandle,
     /// How often counted disclosures go to the audit (`audit.flush_s`).
     pub audit_every: Duration,
+    /// The tally goes to the audit before it would make more than this
+    /// (`audit.max_file_bytes`, edge rule 20).
+    pub audit_max_bytes: u64,
     pub to_relay: mpsc::Sender<CloudEvent>,
     /// Acks, errors, `revoked`, snapshots: written before any state.
     pub priority: mpsc::Receiver<OutFrame>,
@@ -462,6 +467,23 @@ impl<'a> Session<'a> {
         Step::Continue
     }
 
+    /// After a close sent in the middle of the cloud's frame: reads and
+    /// drops what the cloud is still sending (at most 2 s, 32 MiB), so the
+    /// socket is not reset under it before it has read the close frame.
+    async fn linger(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = 2 * TRANSPORT_MAX;
+        let io = self.ws.get_mut();
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
+    }
+
     async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), CloudError> {
         let frame = CloseFrame {
             code,
@@ -480,6 +502,14 @@ impl<'a> Session<'a> {
                     code: 1006,
                     reason: "connection ended".into(),
                 }))
+            }
+            // Over the transport's bound (edge rule 25): the rest of the
+            // frame cannot be read, but the cloud is told why.
+            Some(Err(WsError::Capacity(e))) => {
+                let reason = "message over 16 MiB";
+                let _ = self.close(CloseCode::Size, reason).await;
+                self.linger().await;
+                return Step::Stop(Err(CloudError::TooLarge(e.to_string())));
             }
             Some(Err(e)) => return Step::Stop(Err(e.into())),
             Some(Ok(m)) => m,
@@ -674,6 +704,7 @@ impl<'a> Session<'a> {
             return Ok(n);
         };
         let counts = self.tally.slot(&item.topic, &fan.keys);
+        let mut counted = 0;
         for (i, link) in fan.ids.iter().enumerate().skip(fan.from) {
             // The revocation check, made just before the write.
             let Some(kind) = self.w.registry.load().get(link).map(|l| l.kind) else {
@@ -690,12 +721,17 @@ impl<'a> Session<'a> {
             if let Err(e) = self.ws.feed(Message::Text(text)).await {
                 item.links = Some(crate::relay::Fanout { from: i + 1, ..fan });
                 self.carry.push(OutFrame::State(item));
+                self.tally.grew(counted);
                 return Err(e.into());
             }
             Stats::add(&self.w.stats.bytes_up, len);
             Stats::add(&self.w.stats.link_frames_up, 1);
-            counts.add(i, link, kind, item.ts);
+            counted += counts.add(i, link, kind, item.ts);
             n += 1;
+        }
+        self.tally.grew(counted);
+        if self.tally.weight() as u64 >= self.w.audit_max_bytes {
+            self.flush_audit().await;
         }
         Ok(n)
     }

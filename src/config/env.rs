@@ -70,7 +70,7 @@ pub(super) fn env_value(kind: Kind, raw: &str) -> Result<ValueKind, String> {
             _ => return Err(wrong()),
         },
         Kind::Int(..) => ValueKind::I64(trimmed.parse().map_err(|_| wrong())?),
-        Kind::Num => ValueKind::Float(trimmed.parse().map_err(|_| wrong())?),
+        Kind::Num(..) => ValueKind::Float(trimmed.parse().map_err(|_| wrong())?),
         Kind::List => ValueKind::Array(
             raw.split(',')
                 .map(str::trim)

@@ -239,6 +239,9 @@ pub struct LimitsConfig {
     /// Positive and finite.
     pub commands_per_second: f64,
     pub command_burst: u32,
+    /// Connections the metrics endpoint and the control socket each serve
+    /// at once (edge rule 22).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

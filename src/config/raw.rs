@@ -72,6 +72,7 @@ pub(super) struct RawPrivacy {
 pub(super) struct RawLimits {
     pub(super) commands_per_second: f64,
     pub(super) command_burst: u32,
+    pub(super) max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +159,7 @@ impl Default for RawLimits {
         Self {
             commands_per_second: 10.0,
             command_burst: 20,
+            max_connections: 64,
         }
     }
 }

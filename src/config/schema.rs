@@ -16,8 +16,8 @@ pub(super) enum Kind {
     Bool,
     /// An integer in the inclusive range.
     Int(i64, i64),
-    /// A number; integers are accepted.
-    Num,
+    /// A finite number in the inclusive range; integers are accepted.
+    Num(f64, f64),
     /// A list of strings; comma-separated in the environment.
     List,
 }
@@ -52,8 +52,11 @@ pub(super) const SCHEMA: &[(&str, Kind)] = &[
     ("privacy.mode", Kind::OneOf(&["deny", "allow"])),
     ("privacy.strip_keys", Kind::List),
     ("privacy.allow_keys", Kind::List),
-    ("limits.commands_per_second", Kind::Num),
-    ("limits.command_burst", Kind::Int(1, u32::MAX as i64)),
+    // The rate limiter's period times the burst must fit its clock
+    // (edge rule 24): 1000 s per command times 10^6 is 10^18 ns.
+    ("limits.commands_per_second", Kind::Num(0.001, 1_000_000.0)),
+    ("limits.command_burst", Kind::Int(1, 1_000_000)),
+    ("limits.max_connections", Kind::Int(1, 4096)),
     ("audit.retention_days", Kind::Int(1, 3650)),
     ("audit.max_file_bytes", Kind::Int(4096, 1024 * MIB)),
     ("audit.max_files", Kind::Int(1, 1000)),
@@ -153,7 +156,9 @@ pub(super) fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Int(lo, hi), ValueKind::U64(n)) => {
             i64::try_from(*n).is_ok_and(|n| (lo..=hi).contains(&n))
         }
-        (Kind::Num, ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::Float(_)) => true,
+        (Kind::Num(lo, hi), ValueKind::I64(n)) => (lo..=hi).contains(&(*n as f64)),
+        (Kind::Num(lo, hi), ValueKind::U64(n)) => (lo..=hi).contains(&(*n as f64)),
+        (Kind::Num(lo, hi), ValueKind::Float(f)) => f.is_finite() && (lo..=hi).contains(f),
         (Kind::List, ValueKind::Array(items)) => {
             if let Some((i, item)) = items
                 .iter()
@@ -175,7 +180,8 @@ pub(super) fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
     }
     let mut message = format!("expected {}, got {}", expected(kind), show(value));
     if let ValueKind::String(s) = &value.kind {
-        if matches!(kind, Kind::Int(..) | Kind::Num | Kind::Bool) && env_value(kind, s).is_ok() {
+        if matches!(kind, Kind::Int(..) | Kind::Num(..) | Kind::Bool) && env_value(kind, s).is_ok()
+        {
             message.push_str(" (a string: remove the quotes)");
         } else if matches!(kind, Kind::List) {
             message.push_str(&format!(" (write a list: [{s:?}])"));
@@ -193,7 +199,7 @@ pub(super) fn expected(kind: Kind) -> String {
         }
         Kind::Bool => "true or false".into(),
         Kind::Int(lo, hi) => format!("an integer {lo}..={hi}"),
-        Kind::Num => "a number".into(),
+        Kind::Num(lo, hi) => format!("a number {lo}..={hi}"),
         Kind::List => "a list of strings".into(),
     }
 }

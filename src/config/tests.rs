@@ -94,7 +94,7 @@ fn schema_and_serde_structs_agree() {
             Kind::OneOf(choices) => ValueKind::String(choices[0].into()),
             Kind::Bool => ValueKind::Boolean(true),
             Kind::Int(lo, _) => ValueKind::I64(*lo),
-            Kind::Num => ValueKind::Float(1.5),
+            Kind::Num(..) => ValueKind::Float(1.5),
             Kind::List => ValueKind::Array(vec![Value::new(None, "a")]),
         };
         let value = Value::new(None, value);
@@ -421,9 +421,17 @@ fn privacy_lists_are_checked_and_conflicts_warned() {
 #[test]
 fn limits_and_metrics() {
     let (_dir, toml) = setup();
-    for bad in ["0", "-1", "nan", "inf"] {
+    for bad in ["0", "-1", "nan", "inf", "1e-9", "0.0009", "1e7"] {
         let e = load_err(&toml, &[("HEARTHLINK__LIMITS__COMMANDS_PER_SECOND", bad)]);
         assert_eq!(e.key(), Some("limits.commands_per_second"), "{bad}");
+        assert!(e.to_string().contains("0.001"), "the range is named: {e}");
+    }
+    for bad in ["0", "1000001", "4294967295"] {
+        let e = load_err(&toml, &[("HEARTHLINK__LIMITS__COMMAND_BURST", bad)]);
+        assert_eq!(e.key(), Some("limits.command_burst"), "{bad}");
+    }
+    for good in ["0.001", "1000000"] {
+        load_ok(&toml, &[("HEARTHLINK__LIMITS__COMMANDS_PER_SECOND", good)]);
     }
     let e = load_err(&format!("{toml}[limits]\ncommands_per_second = nan\n"), &[]);
     assert_eq!(e.key(), Some("limits.commands_per_second"));

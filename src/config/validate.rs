@@ -477,16 +477,11 @@ pub(super) fn privacy(raw: RawPrivacy, w: &mut Vec<String>) -> Result<PrivacyCon
 }
 
 pub(super) fn limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
-    let rate = raw.commands_per_second;
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(invalid(
-            "limits.commands_per_second",
-            format!("expected a positive number (e.g. 10 or 0.5), got {rate}"),
-        ));
-    }
+    // The range is checked with the tree (schema.rs, edge rule 24).
     Ok(LimitsConfig {
-        commands_per_second: rate,
+        commands_per_second: raw.commands_per_second,
         command_burst: raw.command_burst,
+        max_connections: raw.max_connections,
     })
 }
 

@@ -163,6 +163,25 @@ impl Latest {
         self.forgotten += n as u64;
     }
 
+    /// The last message of `topic`, if it is remembered.
+    pub fn get(&self, topic: &str) -> Option<Snap<'_>> {
+        self.by_topic.get(topic).map(|s| Snap {
+            topic: &s.topic,
+            payload: &s.payload,
+            ts: s.ts,
+            seq: s.seq,
+        })
+    }
+
+    /// The remembered topics, oldest first (the order of [`Latest::snapshot`]):
+    /// a `sync` walks them and reads each one's value when its turn comes.
+    pub fn order(&self) -> Vec<Arc<str>> {
+        self.snapshot()
+            .into_iter()
+            .map(|s| s.topic.clone())
+            .collect()
+    }
+
     /// Every topic's last message, oldest first (by time, then by number).
     pub fn snapshot(&self) -> Vec<Snap<'_>> {
         let mut all: Vec<Snap<'_>> = self

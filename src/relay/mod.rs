@@ -254,6 +254,8 @@ struct Relay {
     drops_warn: WarnEvery,
     forgotten_warn: WarnEvery,
     routes: RouteCache,
+    /// The `sync` being answered, if any (one at a time, edge rule 20).
+    sync: Option<SyncRun>,
     /// Links whose revocation is in the audit already (since start).
     audited_revokes: std::collections::HashSet<String>,
 }
@@ -281,6 +283,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         forgotten_warn: WarnEvery::default(),
         audited_revokes: Default::default(),
         routes: RouteCache::default(),
+        sync: None,
     };
     // One timer: a tick a second keeps the watchdog's progress moving on
     // an idle relay, and every 60th runs the housekeeping.
@@ -293,7 +296,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         (Gate::new(), Gate::new(), Gate::new(), Gate::new());
     loop {
         r.w.progress.bump();
-        let control_backlog = r.online && !r.control.is_empty();
+        let control_backlog = r.online && (!r.control.is_empty() || r.sync.is_some());
         let state_backlog = r.online && !r.buffer.is_empty();
         let ev = tokio::select! {
             _ = stop_gate.wait(|cx| cancelled.as_mut().poll(cx)) => break,
@@ -338,7 +341,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             }
             Event::Room(permit, control) => {
                 let next = if control {
-                    r.control.pop_front()
+                    r.next_control()
                 } else {
                     r.buffer.pop_oldest().map(|e| OutFrame::State(e.item))
                 };
@@ -350,6 +353,21 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
         }
         r.pump();
         r.report_drops();
+    }
+}
+
+/// A `sync` being answered: the topics still to send, oldest first.
+struct SyncRun {
+    id: String,
+    topics: std::vec::IntoIter<Arc<str>>,
+}
+
+/// The `sync` frame of one remembered topic.
+fn snapshot_frame(s: &latest::Snap<'_>) -> OutFrame {
+    OutFrame::Snapshot {
+        text: protocol::encode_state(None, s.topic, PayloadRepr::classify(s.payload), s.ts, true),
+        topic: s.topic.clone(),
+        seq: s.seq,
     }
 }
 
@@ -403,7 +421,7 @@ impl Relay {
         if !self.online {
             return;
         }
-        while let Some(f) = self.control.pop_front() {
+        while let Some(f) = self.next_control() {
             if let Err(TrySendError::Full(f) | TrySendError::Closed(f)) =
                 self.w.priority.try_send(f)
             {
@@ -453,11 +471,15 @@ impl Relay {
     }
 
     fn emit_control(&mut self, text: String) {
+        self.queue_control(text);
+        self.pump();
+    }
+
+    fn queue_control(&mut self, text: String) {
         if self.control.len() >= CONTROL_QUEUE_MAX {
             self.control.pop_front();
         }
         self.control.push_back(OutFrame::Control(text));
-        self.pump();
     }
 
     fn report_drops(&mut self) {
@@ -525,7 +547,11 @@ impl Relay {
                 self.w.mqtt.set_status("online");
                 // Revocations the cloud has not been told go first.
                 let snap = self.w.registry.snapshot();
-                let mut untold: Vec<_> = snap.revoked().filter(|r| !r.cloud_told).collect();
+                let mut untold: Vec<_> = snap
+                    .revoked()
+                    .into_iter()
+                    .filter(|r| !r.cloud_told)
+                    .collect();
                 untold.sort_by_key(|r| r.at_ms);
                 for r in untold.into_iter().rev() {
                     self.control.push_front(OutFrame::Revoked {
@@ -625,13 +651,20 @@ impl Relay {
     }
 
     fn on_completion(&mut self, c: Completion) {
+        self.queue_completion(c);
+        self.pump();
+    }
+
+    /// Queues the ack of a completed request, once for each duplicate
+    /// that waited for it too.
+    fn queue_completion(&mut self, c: Completion) {
         self.count(c.command, &c.outcome);
         let waiting = self.idem.finish(&c.id, &c.outcome, Instant::now());
         let text = protocol::encode_ack(&c.id, &c.outcome);
         for _ in 0..waiting {
-            self.emit_control(text.clone());
+            self.queue_control(text.clone());
         }
-        self.emit_control(text);
+        self.queue_control(text);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -675,60 +708,87 @@ impl Relay {
         }
     }
 
+    /// Starts answering a `sync`: its frames are made one at a time as the
+    /// priority channel takes them ([`Relay::next_control`]), so a `sync`
+    /// costs a list of topic names, not a copy of every value; a `sync`
+    /// while one is answered is `rate_limited` (edge rule 20).
     fn on_sync(&mut self, id: &str) {
-        let frames: Vec<OutFrame> = self
-            .latest
-            .snapshot()
-            .into_iter()
-            .map(|s| OutFrame::Snapshot {
-                text: protocol::encode_state(
-                    None,
-                    s.topic,
-                    PayloadRepr::classify(s.payload),
-                    s.ts,
-                    true,
-                ),
-                topic: s.topic.clone(),
-                seq: s.seq,
-            })
-            .collect();
-        self.control.extend(frames);
-        self.finish_now(id, Outcome::Ok, false);
+        if self.sync.is_some() {
+            let why = "a sync is already being answered; send it again after its ack";
+            return self.finish_now(id, Outcome::rejected(Reason::RateLimited, why), false);
+        }
+        self.idem.start(id);
+        self.sync = Some(SyncRun {
+            id: id.to_owned(),
+            topics: self.latest.order().into_iter(),
+        });
     }
 
+    /// The next frame for the priority channel: queued acks and errors
+    /// first, then the running `sync`'s next snapshot frame, then its ack.
+    fn next_control(&mut self) -> Option<OutFrame> {
+        if let Some(f) = self.control.pop_front() {
+            return Some(f);
+        }
+        let run = self.sync.as_mut()?;
+        for topic in run.topics.by_ref() {
+            if let Some(s) = self.latest.get(&topic) {
+                return Some(snapshot_frame(&s));
+            }
+        }
+        let run = self.sync.take()?;
+        self.queue_completion(Completion {
+            outcome: Outcome::Ok,
+            id: run.id,
+            command: false,
+        });
+        self.control.pop_front()
+    }
+
+    /// A grant is acked `ok` only once it is on disk and in force
+    /// (protocol rule 18); until then the link gets nothing.
     fn on_link(&mut self, id: &str, link: protocol::LinkSpec) {
-        match self.w.registry.upsert(
+        let prepared = self.w.registry.prepare(
             &link.id,
             link.kind,
             link.expose.clone(),
             link.commands.clone(),
-        ) {
-            Err(crate::links::LinksError::Revoked(_)) => self.finish_now(
-                id,
-                Outcome::rejected(
-                    Reason::Revoked,
-                    "link id was revoked; re-link with a new id",
-                ),
-                false,
-            ),
-            Err(e) => self.finish_now(id, Outcome::rejected(Reason::Invalid, e.to_string()), false),
-            Ok(()) => {
-                tracing::info!(link = %link.id, kind = link.kind.as_str(), "link created or updated");
-                let rec = Record::Link {
-                    ts: self.w.clock.now_ms(),
-                    link: link.id,
-                    kind: link.kind,
-                    expose: link.expose,
-                    commands: link.commands,
-                };
-                let audit = self.w.audit.clone();
-                let rx = self.w.store.persist();
-                self.wait_for(id.to_owned(), false, async move {
-                    audit.record(vec![rec]).await;
-                    durable_outcome(rx.await)
-                });
+        );
+        let grant = match prepared {
+            Err(crate::links::LinksError::Revoked(_)) => {
+                return self.finish_now(id, Outcome::rejected(Reason::Revoked, REVOKED), false)
             }
-        }
+            Err(e) => {
+                return self.finish_now(
+                    id,
+                    Outcome::rejected(Reason::Invalid, e.to_string()),
+                    false,
+                )
+            }
+            Ok(grant) => grant,
+        };
+        let rec = Record::Link {
+            ts: self.w.clock.now_ms(),
+            link: link.id,
+            kind: link.kind,
+            expose: link.expose,
+            commands: link.commands,
+        };
+        let audit = self.w.audit.clone();
+        let rx = self.w.store.grant(grant);
+        self.wait_for(id.to_owned(), false, async move {
+            match rx.await {
+                Ok(Ok(())) => {
+                    audit.record(vec![rec]).await;
+                    Outcome::Ok
+                }
+                Ok(Err(store::Refused::Revoked)) => Outcome::rejected(Reason::Revoked, REVOKED),
+                Ok(Err(store::Refused::Disk(e))) => {
+                    Outcome::rejected(Reason::Unavailable, format!("link not saved: {e}"))
+                }
+                Err(_) => Outcome::rejected(Reason::Unavailable, "link store stopped"),
+            }
+        });
     }
 
     /// Revokes `link_id` everywhere the relay holds frames for it.
@@ -789,6 +849,8 @@ impl Relay {
     }
 }
 
+const REVOKED: &str = "link id was revoked; re-link with a new id";
+
 fn durable_outcome(r: Result<Result<(), String>, oneshot::error::RecvError>) -> Outcome {
     match r {
         Ok(Ok(())) => Outcome::Ok,
@@ -799,14 +861,14 @@ fn durable_outcome(r: Result<Result<(), String>, oneshot::error::RecvError>) -> 
 
 /// A counter reported at most once a minute: [`WarnEvery::due`] gives the
 /// growth since the last report when one is due.
-#[derive(Default)]
-struct WarnEvery {
+#[derive(Debug, Default)]
+pub(crate) struct WarnEvery {
     reported: u64,
     last: Option<Instant>,
 }
 
 impl WarnEvery {
-    fn due(&mut self, total: u64) -> Option<u64> {
+    pub(crate) fn due(&mut self, total: u64) -> Option<u64> {
         if total <= self.reported
             || self
                 .last

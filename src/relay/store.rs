@@ -9,6 +9,12 @@
 //! flash) is answered with the error, the registry keeps its in-memory
 //! state (a revocation stays in force), and the task retries every few
 //! seconds until a write succeeds; a failed copy is retried the same way.
+//!
+//! Granting waits for the disk (protocol rule 18): a [`Grant`] is written
+//! as part of the registry *before* it enters the registry, and enters it
+//! only when the write succeeded. A refused grant was never in force, and
+//! the retry writes the registry as it is, so it can never persist one
+//! later. Revocations are in force before they reach this task.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,30 +22,60 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::links::{self, Registry};
+use crate::links::{self, Grant, Registry};
 
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
+/// Why a grant is not in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// It could not be written (the message says why).
+    Disk(String),
+    /// The id was revoked while the grant was being written.
+    Revoked,
+}
+
+#[derive(Debug)]
+enum Request {
+    Persist(Reply),
+    Grant(Grant, oneshot::Sender<Result<(), Refused>>),
+}
+
 /// Handle to the link store task.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Reply>,
+    tx: mpsc::Sender<Request>,
 }
+
+/// Over 1024 requests waiting: answered at once so the cloud retries.
+const BUSY: &str = "link store busy";
 
 impl StoreHandle {
     /// Asks for the registry to be written; the receiver says how it went.
     pub fn persist(&self) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::TrySendError::Full(tx) | mpsc::error::TrySendError::Closed(tx)) =
-            self.tx.try_send(tx)
-        {
-            // Over 1024 requests waiting: the queued write will include
-            // this change too (every write takes the registry as it is when
-            // it starts), but nobody would be told; answer unavailable so
-            // the cloud retries and gets its `ok` from a later write.
-            let _ = tx.send(Err("link store busy".to_owned()));
+        // Full: the queued write will include this change too (every write
+        // takes the registry as it is when it starts), but nobody would be
+        // told; answer unavailable so the cloud retries and gets its `ok`
+        // from a later write.
+        if let Err(e) = self.tx.try_send(Request::Persist(tx)) {
+            if let Request::Persist(tx) = e.into_inner() {
+                let _ = tx.send(Err(BUSY.to_owned()));
+            }
+        }
+        rx
+    }
+
+    /// Writes the registry with `grant` in it, then puts it in force; the
+    /// receiver says how it went.
+    pub fn grant(&self, grant: Grant) -> oneshot::Receiver<Result<(), Refused>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.tx.try_send(Request::Grant(grant, tx)) {
+            if let Request::Grant(_, tx) = e.into_inner() {
+                let _ = tx.send(Err(Refused::Disk(BUSY.to_owned())));
+            }
         }
         rx
     }
@@ -71,9 +107,9 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn write(store: &Shared, registry: &Arc<Registry>) -> Result<(), String> {
-    let file = registry.load().to_file();
-    blocking(store, move |s| s.save(file).map(drop)).await
+async fn write(store: &Shared, registry: &Arc<Registry>, grants: &[Grant]) -> Result<(), String> {
+    let (registry, grants) = (registry.clone(), grants.to_vec());
+    blocking(store, move |s| s.persist(&registry, &grants)).await
 }
 
 /// Copies the newest state to `links.json` if it is not there yet.
@@ -88,10 +124,47 @@ fn needs_mirror(store: &Shared) -> bool {
         .needs_mirror()
 }
 
+/// What one write answers: every request that arrived before it started.
+#[derive(Default)]
+struct Batch {
+    persists: Vec<Reply>,
+    grants: Vec<(Grant, oneshot::Sender<Result<(), Refused>>)>,
+}
+
+impl Batch {
+    fn push(&mut self, r: Request) {
+        match r {
+            Request::Persist(reply) => self.persists.push(reply),
+            Request::Grant(g, reply) => self.grants.push((g, reply)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.persists.is_empty() && self.grants.is_empty()
+    }
+
+    /// Answers everyone; on success the grants go into force first.
+    fn answer(self, result: &Result<(), String>, registry: &Registry) {
+        for (grant, reply) in self.grants {
+            let r = match result {
+                Ok(()) => registry.apply(&grant).map_err(|_| Refused::Revoked),
+                Err(e) => Err(Refused::Disk(e.clone())),
+            };
+            if r.is_ok() {
+                tracing::info!(link = grant.id(), "link created or updated");
+            }
+            let _ = reply.send(r);
+        }
+        for reply in self.persists {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
 async fn run(
     store: Shared,
     registry: Arc<Registry>,
-    mut rx: mpsc::Receiver<Reply>,
+    mut rx: mpsc::Receiver<Request>,
     token: CancellationToken,
 ) {
     let mut dirty = false;
@@ -102,10 +175,10 @@ async fn run(
     // the interval's first tick, at once, makes it.
     let mut mirror_at_start = needs_mirror(&store);
     loop {
-        let mut replies = Vec::new();
+        let mut batch = Batch::default();
         tokio::select! {
             r = rx.recv() => match r {
-                Some(reply) => replies.push(reply),
+                Some(req) => batch.push(req),
                 None => break,
             },
             _ = retry.tick(), if dirty || mirror_failed || mirror_at_start => {}
@@ -113,10 +186,11 @@ async fn run(
         }
         mirror_at_start = false;
         while let Ok(more) = rx.try_recv() {
-            replies.push(more);
+            batch.push(more);
         }
-        if !replies.is_empty() || dirty {
-            let result = write(&store, &registry).await;
+        if !batch.is_empty() || dirty {
+            let grants: Vec<Grant> = batch.grants.iter().map(|(g, _)| g.clone()).collect();
+            let result = write(&store, &registry, &grants).await;
             match &result {
                 Ok(()) => {
                     if dirty {
@@ -128,12 +202,12 @@ async fn run(
                     if !dirty {
                         tracing::error!(error = %e, "persisting link state failed; retrying every 5 s");
                     }
+                    // Also after a refused grant: the retry writes the
+                    // registry without it over anything half-written.
                     dirty = true;
                 }
             }
-            for reply in replies {
-                let _ = reply.send(result.clone());
-            }
+            batch.answer(&result, &registry);
         }
         // The copy waits until no write is asked for.
         if rx.is_empty() && needs_mirror(&store) {
@@ -151,7 +225,7 @@ async fn run(
     // Last chance: persist what changed since the last good write, and
     // leave `links.json` current.
     if dirty {
-        if let Err(e) = write(&store, &registry).await {
+        if let Err(e) = write(&store, &registry, &[]).await {
             tracing::error!(error = %e, "link state not persisted at shutdown");
         }
     }

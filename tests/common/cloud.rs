@@ -336,7 +336,16 @@ async fn handle_tcp(tcp: TcpStream, behavior: Behavior, shared: Arc<Shared>) {
     };
     let ws = match tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::accept_hdr_async(tls, callback),
+        // No size bounds of its own: tests send what a hostile cloud would.
+        tokio_tungstenite::accept_hdr_async_with_config(
+            tls,
+            callback,
+            Some(tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+                max_message_size: None,
+                max_frame_size: None,
+                ..Default::default()
+            }),
+        ),
     )
     .await
     {

@@ -37,6 +37,8 @@ pub struct Opts {
     pub command_burst: Option<u32>,
     /// Raw TOML lines added at the top level (before any section).
     pub extra_top: String,
+    /// Raw TOML added at the end (whole sections, e.g. `[audit]`).
+    pub extra_sections: String,
 }
 
 impl Default for Opts {
@@ -59,6 +61,7 @@ impl Default for Opts {
             commands_per_second: None,
             command_burst: None,
             extra_top: String::new(),
+            extra_sections: String::new(),
         }
     }
 }
@@ -169,6 +172,7 @@ fn render(
     if let Some(b) = opts.command_burst {
         t.push_str(&format!("command_burst = {b}\n"));
     }
+    t.push_str(&opts.extra_sections);
     t
 }
 
@@ -284,11 +288,31 @@ impl Binary {
     }
 
     /// Like [`Binary::spawn`], with `env` added to an environment cleaned of
-    /// inherited systemd variables (`NOTIFY_SOCKET`, `WATCHDOG_*`).
+    /// inherited systemd variables (`NOTIFY_SOCKET`, `WATCHDOG_*`); an empty
+    /// value removes the variable (`("RUST_LOG", "")`: `log_level` applies).
     pub fn spawn_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Binary {
+        Self::spawn_under(&[], args, dir, env)
+    }
+
+    /// Like [`Binary::spawn_with_env`], run by `wrapper` (a command and
+    /// its arguments, e.g. `["prlimit", "--nofile=128:128"]`).
+    pub fn spawn_under(
+        wrapper: &[&str],
+        args: &[&str],
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Binary {
         let stderr_path = dir.join(format!("{}.stderr", super::unique("bin")));
         let err = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearthlink"));
+        let bin = env!("CARGO_BIN_EXE_hearthlink");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -298,7 +322,11 @@ impl Binary {
             .stdout(Stdio::null())
             .stderr(err);
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn hearthlink binary");
         Binary { child, stderr_path }
