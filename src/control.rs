@@ -273,6 +273,7 @@ fn status(s: &Shared) -> Value {
         "clock_offset_ms": s.clock.offset_ms(),
         "counters": {
             "states_in": Stats::get(&s.stats.states_in),
+            "link_dropped_not_json": Stats::get(&s.stats.link_dropped_not_json),
             "frames_up": Stats::get(&s.stats.frames_up),
             "link_frames_up": Stats::get(&s.stats.link_frames_up),
             "bytes_up": Stats::get(&s.stats.bytes_up),

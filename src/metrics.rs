@@ -87,6 +87,12 @@ pub fn render(stats: &Stats, links: &links::Snapshot) -> String {
     );
     counter(
         &mut reg,
+        "link_dropped_not_json",
+        "Messages not sent to links: they look like JSON but are not strict JSON",
+        Stats::get(&s.link_dropped_not_json),
+    );
+    counter(
+        &mut reg,
         "frames_up",
         "App-audience state frames written",
         Stats::get(&s.frames_up),

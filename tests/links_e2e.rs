@@ -193,6 +193,149 @@ async fn link_sees_stripped_frames_while_the_app_sees_full_ones() {
     rig.daemon.stop().await;
 }
 
+/// Rule 6.1.4: what the strict parse refuses but looks like JSON (what
+/// Python's `json.dumps` writes for NaN, duplicate keys, 1e400, a BOM,
+/// trailing text, single quotes, too deep) reaches no link, and is counted;
+/// the app still gets it as text. Before, each reached the link as a text
+/// string with only addresses redacted (`{"owner":"Johanna Smithers",...}`).
+const LAX_JSON: &[&str] = &[
+    r#"{"owner":"Johanna Smithers","t":NaN}"#,
+    r#"{"owner":"J","owner":"Johanna Smithers"}"#,
+    r#"{"owner":"Johanna Smithers","t":1e400}"#,
+    "\u{feff}{\"owner\":\"Johanna Smithers\"}",
+    r#"{"owner":"Johanna Smithers"} trailing"#,
+    "{'owner':'Johanna Smithers'}",
+    "  [\"Johanna Smithers\", Infinity]",
+];
+
+/// Publishes `payload` on `topic` and waits for its app frame.
+async fn publish_seen(rig: &mut Rig, client: &MqttClient, topic: &str, payload: &[u8]) -> Value {
+    client.publish(topic, payload.to_vec(), 1).await;
+    rig.conn
+        .expect_frame("app frame", |v| is_state(v, topic), WAIT)
+        .await
+}
+
+/// The link frame of `topic` (after a barrier, none may be left over).
+async fn link_payload(rig: &mut Rig, link: &str, topic: &str) -> Value {
+    rig.conn
+        .expect_frame(
+            "link frame",
+            |v| is_link_frame(v, link) && v["topic"] == topic,
+            WAIT,
+        )
+        .await["payload"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lax_json_compound_keys_and_text_reach_links_only_as_rules_6_1_say() {
+    let mut rig = Rig::start(Opts::default()).await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    link_ok(&mut rig.conn, "l-1", "lax-1", &["ampio/from/home/#"]).await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let mut lax: Vec<Vec<u8>> = LAX_JSON.iter().map(|p| p.as_bytes().to_vec()).collect();
+    lax.push(deep.into_bytes());
+    for (i, payload) in lax.iter().enumerate() {
+        let app = publish_seen(
+            &mut rig,
+            &client,
+            &format!("ampio/from/home/lax/{i}"),
+            payload,
+        )
+        .await;
+        assert!(app["payload"].is_string(), "the app gets it as text: {app}");
+    }
+    // Compound and look-alike keys (rules 6.1.1, 6.1.2), dressed addresses
+    // (6.1.3) and a text payload (6.1.5).
+    let compound = json!({"ownerName":"Jo","homeAddress":"x","\u{435}mail":"e","display_name":"Jo",
+        "contactPhone2":"1","t":21,"note":"jo\u{ff20}x\u{ff0e}org or jo%40x.org"});
+    publish_seen(
+        &mut rig,
+        &client,
+        "ampio/from/home/compound",
+        compound.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        link_payload(&mut rig, "lax-1", "ampio/from/home/compound").await,
+        json!({"t":21,"note":"[redacted] or [redacted]"})
+    );
+    let text = "owner=Johanna t=21 user: jo mail \"jo smith\"@x.org";
+    publish_seen(&mut rig, &client, "ampio/from/home/text", text.as_bytes()).await;
+    assert_eq!(
+        link_payload(&mut rig, "lax-1", "ampio/from/home/text").await,
+        json!("owner=[redacted] t=21 user: [redacted] mail [redacted]")
+    );
+    let leaked = rig.conn.take_backlog(|v| {
+        is_link_frame(v, "lax-1") && v["topic"].as_str().is_some_and(|t| t.contains("/lax/"))
+    });
+    assert!(leaked.is_empty(), "lax JSON sent to a link: {leaked:?}");
+    assert_eq!(
+        rig.daemon.counter("link_dropped_not_json").await,
+        lax.len() as u64
+    );
+    rig.daemon.stop().await;
+}
+
+/// Rule 6.1.4, allow mode: only JSON objects and arrays go to links (a
+/// scalar or a text cannot be allow-listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_mode_sends_links_only_objects_and_arrays() {
+    let mut rig = Rig::start(Opts {
+        extra_sections: "[privacy]\nmode = \"allow\"\nallow_keys = [\"t\"]\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let client = rig.mqtt().await;
+    rig.wait_relay_up(&client).await;
+    link_ok(&mut rig.conn, "l-1", "allow-1", &["ampio/from/home/#"]).await;
+    for (i, payload) in ["\"Johanna Smithers\"", "42", "Johanna Smithers", "true"]
+        .iter()
+        .enumerate()
+    {
+        publish_seen(
+            &mut rig,
+            &client,
+            &format!("ampio/from/home/scalar/{i}"),
+            payload.as_bytes(),
+        )
+        .await;
+    }
+    let object = json!({"t":1,"owner":"Jo","tOwner":2});
+    publish_seen(
+        &mut rig,
+        &client,
+        "ampio/from/home/object",
+        object.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        link_payload(&mut rig, "allow-1", "ampio/from/home/object").await,
+        json!({"t":1})
+    );
+    publish_seen(
+        &mut rig,
+        &client,
+        "ampio/from/home/array",
+        br#"[{"t":2,"x":3}]"#,
+    )
+    .await;
+    assert_eq!(
+        link_payload(&mut rig, "allow-1", "ampio/from/home/array").await,
+        json!([{"t":2}])
+    );
+    let leaked = rig.conn.take_backlog(|v| {
+        is_link_frame(v, "allow-1") && v["topic"].as_str().is_some_and(|t| t.contains("/scalar/"))
+    });
+    assert!(
+        leaked.is_empty(),
+        "a scalar or text reached a link in allow mode: {leaked:?}"
+    );
+    rig.daemon.stop().await;
+}
+
 // ------------------------------------------------------- revoke under load
 
 const FLOOD_ROUNDS: usize = 20;

@@ -31,7 +31,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::privacy::{normalize_key, Policy};
+use crate::privacy::{key_forms, Policy};
 use crate::topic::validate_filter;
 use config::{Map, Value, ValueKind};
 use serde::Deserialize;

@@ -413,7 +413,7 @@ fn privacy_lists_are_checked_and_conflicts_warned() {
     assert_eq!(p.strip_keys, ["E-Mail", "iban"]);
     assert_eq!(p.allow_keys, ["value", "Name"]);
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
-    assert!(loaded.warnings[0].contains("\"name\" is also a strip key"));
+    assert!(loaded.warnings[0].contains("\"Name\" is a strip key"));
     let e = load_err(&format!("{toml}[privacy]\nstrip_keys = [\"--\"]\n"), &[]);
     assert_eq!(e.key(), Some("privacy.strip_keys"));
 }

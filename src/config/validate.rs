@@ -436,7 +436,7 @@ pub(super) fn privacy(raw: RawPrivacy, w: &mut Vec<String>) -> Result<PrivacyCon
         if let Some((i, item)) = list
             .iter()
             .enumerate()
-            .find(|(_, k)| normalize_key(k).is_empty())
+            .find(|(_, k)| key_forms(k).iter().all(String::is_empty))
         {
             return Err(invalid(
                 key,
@@ -456,7 +456,7 @@ pub(super) fn privacy(raw: RawPrivacy, w: &mut Vec<String>) -> Result<PrivacyCon
     );
     for key in policy.conflicting_keys() {
         w.push(format!(
-            "privacy.allow_keys: {key:?} is also a strip key (built in or in privacy.strip_keys), so it is stripped anyway"
+            "privacy.allow_keys: {key:?} is a strip key or has one as a word (built in or in privacy.strip_keys), so it is stripped anyway"
         ));
     }
     match raw.mode {

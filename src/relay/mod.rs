@@ -523,13 +523,28 @@ impl Relay {
     /// The filtered payload for every active link exposing `topic`, if any.
     fn fanout(&mut self, topic: &Arc<str>, repr: PayloadRepr<'_>) -> Option<Fanout> {
         let ids = self.routes.get(&self.w.registry, topic)?;
-        let value = match repr {
-            PayloadRepr::Json(text) => serde_json::from_str(text).ok()?,
-            PayloadRepr::Text(text) => serde_json::Value::String(text.to_owned()),
+        let policy = &self.settings.policy;
+        let allow = policy.mode() == crate::privacy::Mode::Allow;
+        let filtered = match repr {
+            PayloadRepr::Json(text) => {
+                let value: serde_json::Value = serde_json::from_str(text).ok()?;
+                // Allow mode: only what an allow-list can apply to (rule 6.1.4).
+                if allow && !(value.is_object() || value.is_array()) {
+                    return None;
+                }
+                // `None`: fail closed (too deep).
+                policy.filter(&value)?
+            }
+            PayloadRepr::Text(text) if crate::privacy::looks_like_json(text) => {
+                Stats::add(&self.w.stats.link_dropped_not_json, 1);
+                return None;
+            }
+            PayloadRepr::Text(_) if allow => return None,
+            PayloadRepr::Text(text) => {
+                serde_json::Value::String(policy.redact_text(text).into_owned())
+            }
             PayloadRepr::Binary(_) => return None, // never sent to links
         };
-        // `None`: fail closed (too deep).
-        let filtered = self.settings.policy.filter(&value)?;
         Some(Fanout {
             keys: Arc::from(crate::audit::key_paths(&filtered)),
             payload: Arc::from(filtered.to_string()),
