@@ -33,6 +33,7 @@
 pub mod admit;
 pub mod audit;
 pub mod backoff;
+pub mod broker_log;
 pub mod clock;
 pub mod cloud;
 pub mod config;

@@ -233,6 +233,7 @@ pub fn spawn(
         cfg,
         w,
         ready_sent: false,
+        failures: Default::default(),
     };
     (handle, task.run(token))
 }
@@ -245,6 +246,7 @@ struct Task {
     addr: String,
     w: Wiring,
     ready_sent: bool,
+    failures: crate::broker_log::Failures,
 }
 
 /// What the loop does after an event.
@@ -296,11 +298,11 @@ impl Task {
             let mut flow = match ev {
                 Ok(ev) => self.on_event(ev, &mut up_since, &token).await,
                 Err(e) => {
-                    let lived = up_since.take().map(|t| t.elapsed()).unwrap_or_default();
-                    self.on_disconnected(&e.to_string());
+                    let lived = up_since.take().map(|t| t.elapsed());
                     let delay = backoff
-                        .next_delay(lived, jitter())
+                        .next_delay(lived.unwrap_or_default(), jitter())
                         .max(Duration::from_millis(100));
+                    self.on_disconnected(&crate::broker_log::describe(&e), lived, Some(delay));
                     tokio::select! {
                         _ = token.cancelled() => Flow::Stop,
                         _ = tokio::time::sleep(delay) => Flow::Continue,
@@ -388,7 +390,7 @@ impl Task {
         let addr = cfg.broker.to_string();
         tracing::info!(broker = %addr, "broker settings changed; reconnecting");
         let _ = self.client.try_disconnect();
-        self.on_disconnected("broker settings changed");
+        self.on_disconnected("broker settings changed", None, None);
         let (client, eventloop) =
             AsyncClient::new(options(&cfg, self.w.status.as_ref()), REQUEST_CAPACITY);
         self.shared.lock().client = client.clone();
@@ -431,7 +433,9 @@ impl Task {
         });
     }
 
-    fn on_disconnected(&mut self, error: &str) {
+    /// `lived`: how long the session had been up (`None`: it never was);
+    /// `next`: the delay before the next attempt.
+    fn on_disconnected(&mut self, error: &str, lived: Option<Duration>, next: Option<Duration>) {
         let was_up = self.shared.connected.load(Ordering::Acquire);
         {
             let mut inner = self.shared.lock();
@@ -450,15 +454,30 @@ impl Task {
             }
         }
         let why = format!("broker {}: {error}", self.addr);
-        if was_up {
-            tracing::warn!(error = %why, "lost the broker connection; reconnecting");
-        } else {
-            tracing::debug!(error = %why, "broker connection attempt failed");
-        }
+        self.log_failure(&why, was_up.then(|| lived.unwrap_or_default()), next);
         self.w
             .notifier
             .status(&format!("broker unreachable, retrying: {why}"));
         self.w.stats.broker.down(why);
+    }
+
+    /// Logs a failure as [`crate::broker_log::Failures`] decides.
+    fn log_failure(&mut self, why: &str, lived: Option<Duration>, next: Option<Duration>) {
+        let next_s = next.map_or(0.0, |d| d.as_secs_f64());
+        let Some(lived) = lived else {
+            let r = self.failures.attempt_failed();
+            if r.warn {
+                tracing::warn!(error = %why, attempt = r.attempt, "cannot reach the broker; next attempt in {next_s:.1} s");
+            } else {
+                tracing::debug!(error = %why, attempt = r.attempt, "broker connection attempt failed; next in {next_s:.1} s");
+            }
+            return;
+        };
+        let r = self.failures.lost(lived, &self.cfg.client_id);
+        tracing::warn!(error = %why, "lost the broker connection; reconnecting in {next_s:.1} s");
+        if let Some(hint) = r.hint {
+            tracing::warn!("{hint}");
+        }
     }
 
     async fn shutdown(mut self) {

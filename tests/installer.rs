@@ -192,3 +192,90 @@ async fn revoke_right_after_sigterm_always_lands() {
         );
     }
 }
+
+// ------------------------------------ 14, 15, 16: broker failures, said
+
+/// Waits until `bin`'s stderr contains `needle`; the stderr at that time.
+async fn stderr_with(bin: &Binary, needle: &str, timeout: Duration) -> String {
+    let found = wait_until(timeout, || async { bin.stderr().contains(needle) }).await;
+    let err = bin.stderr();
+    assert!(found, "no {needle:?} in stderr within {timeout:?}:\n{err}");
+    err
+}
+
+/// A refused broker is logged at warn (with `RUST_LOG=warn`, nothing at
+/// debug shows) from the first attempt, in words, with the attempt count
+/// and the delay before the next; no Rust debug text. Before, the failure
+/// was logged at debug only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_broker_is_logged_at_warn_in_words_with_the_next_delay() {
+    let cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), free_port(), &cloud);
+    let config = files.config_path.display().to_string();
+    let mut bin = Binary::spawn_with_env(
+        &["run", "--config", &config],
+        files.dir.path(),
+        &[("RUST_LOG", "warn")],
+    );
+    let err = stderr_with(&bin, "cannot reach the broker", WAIT).await;
+    let line = err
+        .lines()
+        .find(|l| l.contains("cannot reach the broker"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("connection refused: is the broker running"),
+        "{line}"
+    );
+    assert!(
+        line.contains("attempt=1") && line.contains("next attempt in"),
+        "{line}"
+    );
+    for debug_text in ["Custom {", "kind:", "Io error"] {
+        assert!(
+            !err.contains(debug_text),
+            "Rust debug text {debug_text:?} in:\n{err}"
+        );
+    }
+    bin.signal("TERM");
+    bin.wait_exit(WAIT).await;
+}
+
+/// Two gateways with one `gateway_id` (one MQTT client id): the broker
+/// keeps closing each one's session for the other's, and the log says so.
+/// Before, they flapped every second with no hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_with_one_gateway_id_are_told_why_they_flap() {
+    let broker = Broker::start();
+    let cloud = CloudServer::start().await;
+    let mut bins = Vec::new();
+    let mut all_files = Vec::new();
+    for _ in 0..2 {
+        let files = write_files(&Opts::default(), broker.port(), &cloud);
+        let config = files.config_path.display().to_string();
+        bins.push(Binary::spawn_with_env(
+            &["run", "--config", &config],
+            files.dir.path(),
+            &[("RUST_LOG", "warn")],
+        ));
+        all_files.push(files);
+    }
+    let hinted = wait_until(LONG_WAIT * 2, || async {
+        bins.iter().any(|b| b.stderr().contains("same gateway_id"))
+    })
+    .await;
+    let logs: Vec<String> = bins.iter().map(Binary::stderr).collect();
+    assert!(
+        hinted,
+        "no hint about the shared client id:\n{}",
+        logs.join("\n---\n")
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("client id `hearthlink-gw-test`")),
+        "{logs:?}"
+    );
+    for mut b in bins {
+        b.signal("TERM");
+        b.wait_exit(WAIT).await;
+    }
+}
