@@ -274,6 +274,7 @@ fn status(s: &Shared) -> Value {
         "counters": {
             "states_in": Stats::get(&s.stats.states_in),
             "link_dropped_not_json": Stats::get(&s.stats.link_dropped_not_json),
+            "mqtt_oversized": Stats::get(&s.stats.mqtt_oversized),
             "frames_up": Stats::get(&s.stats.frames_up),
             "link_frames_up": Stats::get(&s.stats.link_frames_up),
             "bytes_up": Stats::get(&s.stats.bytes_up),

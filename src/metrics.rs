@@ -87,6 +87,12 @@ pub fn render(stats: &Stats, links: &links::Snapshot) -> String {
     );
     counter(
         &mut reg,
+        "mqtt_oversized",
+        "MQTT messages over 16 MiB, skipped",
+        Stats::get(&s.mqtt_oversized),
+    );
+    counter(
+        &mut reg,
         "link_dropped_not_json",
         "Messages not sent to links: they look like JSON but are not strict JSON",
         Stats::get(&s.link_dropped_not_json),

@@ -40,6 +40,8 @@ const REQUEST_CAPACITY: usize = 256;
 const MAX_INFLIGHT: u16 = 100;
 /// Longest wait for the broker after the first failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Largest MQTT packet taken; a larger publish is skipped (edge rule 19).
+const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Errors of the broker side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,7 +174,7 @@ fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
         .set_clean_session(true)
         .set_inflight(MAX_INFLIGHT)
-        .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_request_channel_capacity(REQUEST_CAPACITY);
     if let Some(user) = &cfg.username {
         let pass = cfg
@@ -295,6 +297,7 @@ impl Task {
                 }
                 ev = self.eventloop.poll() => ev,
             };
+            self.take_oversized();
             let mut flow = match ev {
                 Ok(ev) => self.on_event(ev, &mut up_since, &token).await,
                 Err(e) => {
@@ -459,6 +462,20 @@ impl Task {
             .notifier
             .status(&format!("broker unreachable, retrying: {why}"));
         self.w.stats.broker.down(why);
+    }
+
+    /// Messages over the size limit that rumqttc skipped (edge rule 19):
+    /// counted and logged, and the relay goes on.
+    fn take_oversized(&mut self) {
+        while let Some((topic, size)) = self.eventloop.state.oversized.pop_front() {
+            Stats::add(&self.w.stats.mqtt_oversized, 1);
+            tracing::warn!(
+                topic = %topic,
+                bytes = size,
+                "skipped an MQTT message over the {} MiB the daemon takes; relaying goes on",
+                MAX_PACKET_BYTES >> 20
+            );
+        }
     }
 
     /// Logs a failure as [`crate::broker_log::Failures`] decides.

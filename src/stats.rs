@@ -71,6 +71,8 @@ pub struct Stats {
     pub states_in: AtomicU64,
     /// Messages not sent to links because they look like JSON but are not strict JSON (rule 6.1.4).
     pub link_dropped_not_json: AtomicU64,
+    /// MQTT messages over the size limit, skipped (rule 19).
+    pub mqtt_oversized: AtomicU64,
     pub frames_up: AtomicU64,
     pub link_frames_up: AtomicU64,
     pub bytes_up: AtomicU64,
