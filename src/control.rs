@@ -148,9 +148,9 @@ async fn handle(stream: UnixStream, shared: &Shared) {
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let answer = match reader.read_line(&mut line).await {
         Ok(0) => return,
-        Ok(_) => match serde_json::from_str::<Value>(&line) {
-            Ok(req) => answer(&req, shared).await,
-            Err(e) => json!({"ok": false, "error": format!("request is not JSON: {e}")}),
+        Ok(_) => match parse_request(&line) {
+            Ok(req) => answer(req, shared).await,
+            Err(e) => json!({"ok": false, "error": e}),
         },
         Err(e) => json!({"ok": false, "error": format!("reading request: {e}")}),
     };
@@ -160,11 +160,45 @@ async fn handle(stream: UnixStream, shared: &Shared) {
     let _ = write.shutdown().await;
 }
 
-async fn answer(req: &Value, shared: &Shared) -> Value {
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Links,
+    Status,
+    Reload,
+    /// `link_id` is valid ([`crate::protocol::valid_link_id`]).
+    Revoke { link_id: String },
+}
+
+/// Parses one request line; the error is the answer's `error` text.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let req: Value =
+        serde_json::from_str(line).map_err(|e| format!("request is not JSON: {e}"))?;
     match req.get("cmd").and_then(Value::as_str) {
-        Some("links") => json!({"ok": true, "links": link_rows(&shared.registry.load())}),
-        Some("status") => json!({"ok": true, "status": status(shared)}),
-        Some("reload") => {
+        Some("links") => Ok(Request::Links),
+        Some("status") => Ok(Request::Status),
+        Some("reload") => Ok(Request::Reload),
+        Some("revoke") => {
+            let Some(id) = req.get("link_id").and_then(Value::as_str) else {
+                return Err("revoke needs a string `link_id`".into());
+            };
+            if !crate::protocol::valid_link_id(id) {
+                return Err("link id must be 1 to 128 bytes without control characters".into());
+            }
+            Ok(Request::Revoke {
+                link_id: id.to_owned(),
+            })
+        }
+        Some(other) => Err(format!("unknown command {other:?}")),
+        None => Err("request needs a string `cmd`".into()),
+    }
+}
+
+async fn answer(req: Request, shared: &Shared) -> Value {
+    match req {
+        Request::Links => json!({"ok": true, "links": link_rows(&shared.registry.load())}),
+        Request::Status => json!({"ok": true, "status": status(shared)}),
+        Request::Reload => {
             let (tx, rx) = oneshot::channel();
             if shared.reload.send(tx).await.is_err() {
                 return json!({"ok": false, "error": "reload task stopped"});
@@ -177,9 +211,7 @@ async fn answer(req: &Value, shared: &Shared) -> Value {
                 Err(_) => json!({"ok": false, "error": "reload task stopped"}),
             }
         }
-        Some("revoke") => answer_revoke(req, shared).await,
-        Some(other) => json!({"ok": false, "error": format!("unknown command {other:?}")}),
-        None => json!({"ok": false, "error": "request needs a string `cmd`"}),
+        Request::Revoke { link_id } => answer_revoke(&link_id, shared).await,
     }
 }
 
@@ -228,13 +260,7 @@ impl Prior {
     }
 }
 
-async fn answer_revoke(req: &Value, shared: &Shared) -> Value {
-    let Some(id) = req.get("link_id").and_then(Value::as_str) else {
-        return json!({"ok": false, "error": "revoke needs a string `link_id`"});
-    };
-    if !crate::protocol::valid_link_id(id) {
-        return json!({"ok": false, "error": "link id must be 1 to 128 bytes without control characters"});
-    }
+async fn answer_revoke(id: &str, shared: &Shared) -> Value {
     let prior = Prior::of(&shared.registry.load(), id);
     // In force at once; the relay then persists it and tells the cloud.
     shared
