@@ -1,6 +1,6 @@
-//! What a new installer meets on the command line (issue 16, items 13, 17,
-//! 18, 20, 21, 22): the real binary against a real mosquitto and the TLS
-//! test cloud, or against state files alone.
+//! What a new installer meets on the command line (issue 16, items 13 to
+//! 17): the real binary against a real mosquitto and the TLS test cloud,
+//! or against state files alone.
 
 mod common;
 mod e2e_support;
