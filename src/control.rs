@@ -167,13 +167,14 @@ pub enum Request {
     Status,
     Reload,
     /// `link_id` is valid ([`crate::protocol::valid_link_id`]).
-    Revoke { link_id: String },
+    Revoke {
+        link_id: String,
+    },
 }
 
 /// Parses one request line; the error is the answer's `error` text.
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let req: Value =
-        serde_json::from_str(line).map_err(|e| format!("request is not JSON: {e}"))?;
+    let req: Value = serde_json::from_str(line).map_err(|e| format!("request is not JSON: {e}"))?;
     match req.get("cmd").and_then(Value::as_str) {
         Some("links") => Ok(Request::Links),
         Some("status") => Ok(Request::Status),
@@ -296,11 +297,13 @@ fn status(s: &Shared) -> Value {
         "uptime_s": s.started.elapsed().as_secs(),
         "broker": s.stats.broker.view(),
         "cloud": s.stats.cloud.view(),
-        "clock_offset_ms": s.clock.offset_ms(),
+        // No offset before the first welcome: 0 would read as "in sync".
+        "clock_offset_ms": s.stats.cloud.ever_connected().then(|| s.clock.offset_ms()),
         "counters": {
             "states_in": Stats::get(&s.stats.states_in),
             "link_dropped_not_json": Stats::get(&s.stats.link_dropped_not_json),
             "mqtt_oversized": Stats::get(&s.stats.mqtt_oversized),
+            "buffered": Stats::get(&s.stats.buffered),
             "frames_up": Stats::get(&s.stats.frames_up),
             "link_frames_up": Stats::get(&s.stats.link_frames_up),
             "bytes_up": Stats::get(&s.stats.bytes_up),
@@ -502,37 +505,99 @@ fn give_to_dir_owner(state_dir: &Path, names: &[&str]) {
     }
 }
 
+/// Unix ms as "3.2 s ago" / "in 4 s" from `now_ms` (tenths under 10 s).
+fn relative(ms: &Value, now_ms: i64) -> Option<String> {
+    let d = ms.as_i64()? - now_ms;
+    let secs = |ms: i64| {
+        if ms < 10_000 {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        } else {
+            format!("{} s", ms / 1000)
+        }
+    };
+    Some(if d <= 0 {
+        format!("{} ago", secs(-d))
+    } else {
+        format!("in {}", secs(d))
+    })
+}
+
+/// One side's line(s): state, since when, attempts, next try, last error.
+fn side_lines(name: &str, s: &Value, now_ms: i64) -> String {
+    let mut line = if s["connected"] == true {
+        let since = relative(&s["since_ms"], now_ms)
+            .map(|r| format!(" since {r}"))
+            .unwrap_or_default();
+        format!("{name:<8} connected{since}, reconnects {}", s["reconnects"])
+    } else {
+        let since = relative(&s["down_since_ms"], now_ms)
+            .map(|r| format!(" since {r}"))
+            .unwrap_or_default();
+        let n = s["failed_attempts"].as_u64().unwrap_or(0);
+        let plural = if n == 1 { "" } else { "s" };
+        let mut l = format!("{name:<8} DOWN{since}, {n} failed attempt{plural}");
+        match s["next_attempt_ms"].as_i64() {
+            Some(next) if next > now_ms => {
+                let when = relative(&s["next_attempt_ms"], now_ms).unwrap_or_default();
+                l.push_str(&format!(", next {when}"));
+            }
+            Some(_) => l.push_str(", trying now"),
+            None => {}
+        }
+        l
+    };
+    if let Some(err) = s["last_error"].as_str() {
+        line.push_str(&format!("\n         last error: {err}"));
+    }
+    line
+}
+
+/// Non-zero rejection counts as `forbidden 2, expired 1`, or `0`.
+fn rejected_line(c: &Value) -> String {
+    let parts: Vec<String> = c
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    let total: u64 = c
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        format!("{total} ({})", parts.join(", "))
+    }
+}
+
 /// Prints a `status` answer for a person, in 80 columns.
 pub fn print_status(v: &Value) {
-    let side = |name: &str, s: &Value| {
-        let state = if s["connected"] == true {
-            "connected"
-        } else {
-            "DOWN"
-        };
-        let mut line = format!("{name:<8} {state:<10} reconnects {}", s["reconnects"]);
-        if let Some(err) = s["last_error"].as_str() {
-            line.push_str(&format!("\n         last error: {err}"));
-        }
-        println!("{line}");
+    let now_ms = crate::clock::local_ms();
+    let offset = match v["clock_offset_ms"].as_i64() {
+        Some(ms) => format!("clock offset {ms} ms"),
+        None => "clock offset unknown (no welcome yet)".into(),
     };
     println!(
-        "hearthlink {} gateway {} up {} s, clock offset {} ms",
+        "hearthlink {} gateway {} up {} s, {offset}",
         v["version"].as_str().unwrap_or("?"),
         v["gateway_id"].as_str().unwrap_or("?"),
         v["uptime_s"],
-        v["clock_offset_ms"]
     );
-    side("broker", &v["broker"]);
-    side("cloud", &v["cloud"]);
+    println!("{}", side_lines("broker", &v["broker"], now_ms));
+    println!("{}", side_lines("cloud", &v["cloud"], now_ms));
     let c = &v["counters"];
     println!(
-        "states in {}  frames up {}  link frames {}  buffer dropped {}",
-        c["states_in"], c["frames_up"], c["link_frames_up"], c["buffer_dropped"]
+        "states in {}  frames up {}  link frames {}  buffered {}  buffer dropped {}",
+        c["states_in"], c["frames_up"], c["link_frames_up"], c["buffered"], c["buffer_dropped"]
     );
     println!(
         "commands ok {}  rejected {}",
-        c["commands_ok"], c["commands_rejected"]
+        c["commands_ok"],
+        rejected_line(&c["commands_rejected"])
     );
     if let Some(links) = v["links"].as_array() {
         for l in links {

@@ -384,11 +384,22 @@ fn print_links(rows: &[control::LinkRow], as_json: bool) {
 }
 
 async fn status(path: &Path, as_json: bool) -> ExitCode {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // A config that would not start a daemon (a missing token, say) still
+    // names the socket of one that runs: status answers 3 or the status.
+    let socket = match config::load(path) {
+        Ok(loaded) => loaded.config.control_socket,
+        Err(e) => match config::control_socket_of(path) {
+            Some(socket) => {
+                eprintln!("warning: {e}");
+                socket
+            }
+            None => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
     };
-    let v = match control::request(&cfg.control_socket, &json!({"cmd": "status"})).await {
+    let v = match control::request(&socket, &json!({"cmd": "status"})).await {
         Ok(v) => v["status"].clone(),
         Err(e) => {
             if as_json {

@@ -461,7 +461,7 @@ impl Task {
         self.w
             .notifier
             .status(&format!("broker unreachable, retrying: {why}"));
-        self.w.stats.broker.down(why);
+        self.w.stats.broker.down(why, next);
     }
 
     /// Messages over the size limit that rumqttc skipped (edge rule 19):

@@ -16,6 +16,15 @@ pub struct Side {
     connected: AtomicBool,
     /// Unix ms (local clock) of the current connection, 0 when down.
     since_ms: AtomicI64,
+    /// Unix ms (local clock) since which it is down (0: up, or never tried).
+    down_since_ms: AtomicI64,
+    /// Failed attempts since the last connection.
+    failed_attempts: AtomicU64,
+    /// Unix ms (local clock) of the next attempt, 0 when none is due.
+    next_attempt_ms: AtomicI64,
+    /// Connections made (the first one included).
+    connections: AtomicU64,
+    /// Connections lost.
     reconnects: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -23,15 +32,37 @@ pub struct Side {
 impl Side {
     pub fn up(&self) {
         self.connected.store(true, Relaxed);
-        self.since_ms.store(crate::clock::local_ms(), Relaxed);
+        let now = crate::clock::local_ms();
+        self.since_ms.store(now, Relaxed);
+        self.down_since_ms.store(0, Relaxed);
+        self.failed_attempts.store(0, Relaxed);
+        self.next_attempt_ms.store(0, Relaxed);
+        self.connections.fetch_add(1, Relaxed);
     }
 
-    pub fn down(&self, why: impl Into<String>) {
+    /// The connection was lost, or an attempt failed; `next`: the delay
+    /// before the next attempt.
+    pub fn down(&self, why: impl Into<String>, next: Option<std::time::Duration>) {
+        let now = crate::clock::local_ms();
         if self.connected.swap(false, Relaxed) {
             self.reconnects.fetch_add(1, Relaxed);
+        } else {
+            self.failed_attempts.fetch_add(1, Relaxed);
         }
+        if self.down_since_ms.load(Relaxed) == 0 {
+            self.down_since_ms.store(now, Relaxed);
+        }
+        let next_ms = next.map_or(0, |d| {
+            now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        });
+        self.next_attempt_ms.store(next_ms, Relaxed);
         self.since_ms.store(0, Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.into());
+    }
+
+    /// True once a connection has been made.
+    pub fn ever_connected(&self) -> bool {
+        self.connections.load(Relaxed) > 0
     }
 
     pub fn is_up(&self) -> bool {
@@ -46,6 +77,15 @@ impl Side {
                 v => Some(v),
             },
             reconnects: self.reconnects.load(Relaxed),
+            down_since_ms: match self.down_since_ms.load(Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
+            failed_attempts: self.failed_attempts.load(Relaxed),
+            next_attempt_ms: match self.next_attempt_ms.load(Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
             last_error: self
                 .last_error
                 .lock()
@@ -59,7 +99,12 @@ impl Side {
 pub struct SideView {
     pub connected: bool,
     pub since_ms: Option<i64>,
+    /// Connections lost.
     pub reconnects: u64,
+    pub down_since_ms: Option<i64>,
+    /// Failed attempts since the last connection.
+    pub failed_attempts: u64,
+    pub next_attempt_ms: Option<i64>,
     pub last_error: Option<String>,
 }
 
@@ -73,6 +118,8 @@ pub struct Stats {
     pub link_dropped_not_json: AtomicU64,
     /// MQTT messages over the size limit, skipped (rule 19).
     pub mqtt_oversized: AtomicU64,
+    /// State frames in the offline buffer now (a gauge).
+    pub buffered: AtomicU64,
     pub frames_up: AtomicU64,
     pub link_frames_up: AtomicU64,
     pub bytes_up: AtomicU64,

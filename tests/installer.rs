@@ -279,3 +279,52 @@ async fn two_gateways_with_one_gateway_id_are_told_why_they_flap() {
         b.wait_exit(WAIT).await;
     }
 }
+
+// ---------------------------------------------------------- 18: status
+
+/// `status` of a daemon that reaches neither side says since when each is
+/// down, how many attempts failed and when the next one is, that the clock
+/// offset is not known yet, the buffered count and rejections in words;
+/// with the token file gone it still finds the daemon (exit 1: unhealthy,
+/// not 2), and exits 3 once the daemon is stopped. Before: "reconnects 0",
+/// "clock offset 0 ms", rejections as raw JSON, exit 2 without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_what_is_down_since_when_and_the_next_try() {
+    let cloud = CloudServer::start().await;
+    let opts = Opts {
+        url: Some(format!("wss://127.0.0.1:{}/gateway", free_port())),
+        ..Opts::default()
+    };
+    let files = write_files(&opts, free_port(), &cloud);
+    let config = files.config_path.display().to_string();
+    let mut bin = Binary::spawn(&["run", "--config", &config], files.dir.path());
+    let tried = wait_until(LONG_WAIT, || async {
+        let (_, out, _) = cli(&["status", "--json"], &files.config_path).await;
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["broker"]["failed_attempts"].as_u64() >= Some(2)
+            && v["cloud"]["failed_attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(tried, "no failed attempts counted:\n{}", bin.stderr());
+    let (code, out, err) = cli(&["status"], &files.config_path).await;
+    assert_eq!(code, Some(1), "unhealthy: {out} {err}");
+    for expected in [
+        "clock offset unknown (no welcome yet)",
+        "broker   DOWN since",
+        "cloud    DOWN since",
+        "failed attempts, ",
+        "buffered 0",
+        "rejected 0",
+        "last error: broker 127.0.0.1:",
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+    std::fs::remove_file(files.dir.path().join("token")).expect("remove token");
+    let (code, out, err) = cli(&["status"], &files.config_path).await;
+    assert_eq!(code, Some(1), "the daemon is still found: {out} {err}");
+    assert!(err.contains("warning:") && err.contains("token"), "{err}");
+    bin.signal("TERM");
+    bin.wait_exit(WAIT).await;
+    let (code, out, err) = cli(&["status"], &files.config_path).await;
+    assert_eq!(code, Some(3), "no daemon, no token: {out} {err}");
+}

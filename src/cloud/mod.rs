@@ -186,7 +186,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
             tracing::warn!(error = %err, "cloud link down");
             backoff.next_delay(lived, jitter())
         };
-        w.stats.cloud.down(err.to_string());
+        w.stats.cloud.down(err.to_string(), Some(delay));
         tracing::info!(
             delay_ms = delay.as_millis() as u64,
             attempt = backoff.attempt(),

@@ -316,6 +316,22 @@ fn build(
     Ok(Loaded { config, warnings })
 }
 
+/// The control socket a config names, read without the checks that need
+/// other files (the token): `status` finds a running daemon even when the
+/// config would not load for a new start. `None` when even that fails.
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let env = env_layer(process_env().ok()?, &mut Vec::new()).ok()?;
+    let tree = merge(&text, path, &env).ok()?;
+    let raw = Value::new(None, ValueKind::Table(tree))
+        .try_deserialize::<RawConfig>()
+        .ok()?;
+    Some(
+        raw.control_socket
+            .unwrap_or_else(|| raw.state_dir.join("control.sock")),
+    )
+}
+
 /// Unreachable while `SCHEMA` and the `Raw*` structs agree (a unit test
 /// holds them to it); still an error naming what it can, never a panic.
 fn serde_backstop(e: config::ConfigError) -> ConfigError {

@@ -483,6 +483,11 @@ impl Relay {
     }
 
     fn report_drops(&mut self) {
+        let buffered = self.buffer.len() as u64;
+        self.w
+            .stats
+            .buffered
+            .store(buffered, std::sync::atomic::Ordering::Relaxed);
         if let Some(dropped) = self.drops_warn.due(self.buffer.dropped()) {
             tracing::warn!(
                 dropped,
