@@ -32,8 +32,8 @@
 //!   refuses them in either list; given to [`Policy::new`] directly, as a
 //!   strip key one strips every member whose key has no letter or digit,
 //!   as an allow key it is ignored. Both choices fail closed.
-//! - **Decisions are remembered** per key (up to 4 096 keys, then
-//!   forgotten at once): device payloads repeat the same few keys, and
+//! - **Decisions are remembered** per key (up to 4 096 keys of at most
+//!   128 bytes, then forgotten at once): device payloads repeat the same few keys, and
 //!   matching a key through the skeleton costs microseconds.
 //! - Objects emptied by the filter stay as `{}`.
 
@@ -88,6 +88,9 @@ pub const MAX_DEPTH: usize = 128;
 
 /// Keys whose decision is remembered; the memory is cleared when full.
 const KEY_MEMORY: usize = 4096;
+
+/// Longest key remembered (4 096 of them: at most 512 KiB).
+const KEY_MEMORY_KEY_BYTES: usize = 128;
 
 /// Why a payload must not be sent to a link audience at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +217,9 @@ impl Policy {
             return kept;
         }
         let kept = self.decide(key);
+        if key.len() > KEY_MEMORY_KEY_BYTES {
+            return kept; // not remembered: the memory stays small
+        }
         if let Ok(mut decided) = self.decided.lock() {
             if decided.len() >= KEY_MEMORY {
                 decided.clear();
