@@ -2,7 +2,8 @@
 //!
 //! The config is the sample `config/hearthlink.toml` (compiled in, so the
 //! comments an installer reads are the ones the project tests) with
-//! `gateway_id`, `cloud.url` and `cloud.token_file` filled in. Before
+//! `gateway_id`, `cloud.url` and `cloud.token_file` filled in, and
+//! `mqtt.subscribe` and `relay.command_topics` when given. Before
 //! anything is written, the text is run through [`crate::config`]'s own
 //! validation, so init accepts exactly what `check-config` accepts.
 //!
@@ -52,6 +53,10 @@ pub struct InitOptions {
     pub token: Option<Secret>,
     /// Replace an existing config and token file.
     pub force: bool,
+    /// `mqtt.subscribe`; empty keeps the sample's.
+    pub subscribe: Vec<String>,
+    /// `relay.command_topics`; empty keeps the sample's.
+    pub command_topics: Vec<String>,
 }
 
 /// Why init wrote nothing (or, for `Write`, stopped part way).
@@ -108,6 +113,14 @@ pub struct InitArgs {
     /// Overwrite an existing configuration and token file.
     #[arg(long)]
     pub force: bool,
+    /// MQTT filters to relay (`mqtt.subscribe`), repeated or comma-separated,
+    /// e.g. `zigbee2mqtt/#` (default: the sample's `ampio/from/#`).
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+    /// Topics the cloud may command (`relay.command_topics`), repeated or
+    /// comma-separated, e.g. `zigbee2mqtt/+/set` (default: `ampio/to/#`).
+    #[arg(long, value_delimiter = ',')]
+    pub command_topics: Vec<String>,
 }
 
 impl InitArgs {
@@ -127,6 +140,8 @@ impl InitArgs {
             config: self.config,
             token,
             force: self.force,
+            subscribe: self.subscribe,
+            command_topics: self.command_topics,
         })
     }
 }
@@ -229,6 +244,22 @@ pub fn render(opts: &InitOptions) -> Result<String, InitError> {
     );
     for (line, key, value) in fills {
         text = replace_line(&text, line, &format!("{key} = {}", toml_string(value)))?;
+    }
+    let lists = [
+        (
+            "subscribe = [\"ampio/from/#\"]",
+            "subscribe",
+            &opts.subscribe,
+        ),
+        (
+            "command_topics = [\"ampio/to/#\"]",
+            "command_topics",
+            &opts.command_topics,
+        ),
+    ];
+    for (line, key, items) in lists.into_iter().filter(|(_, _, items)| !items.is_empty()) {
+        let array: Vec<String> = items.iter().map(|i| toml_string(i)).collect();
+        text = replace_line(&text, line, &format!("{key} = [{}]", array.join(", ")))?;
     }
     match config::from_toml_str(&text, std::iter::empty()) {
         Ok(_) => Ok(text),
@@ -385,6 +416,8 @@ mod tests {
             config: dir.join("hearthlink.toml"),
             token: None,
             force: false,
+            subscribe: Vec::new(),
+            command_topics: Vec::new(),
         }
     }
 

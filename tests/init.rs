@@ -17,6 +17,8 @@ fn options(dir: &Path, token: Option<&str>, force: bool) -> InitOptions {
         config: dir.join("etc/hearthlink.toml"),
         token: token.map(Secret::new),
         force,
+        subscribe: Vec::new(),
+        command_topics: Vec::new(),
     }
 }
 
@@ -146,4 +148,41 @@ fn config_without_token_is_written_and_loads_once_the_token_exists() {
     fs::write(&o.token_file, "later\n").expect("token");
     fs::set_permissions(&o.token_file, fs::Permissions::from_mode(0o600)).expect("chmod");
     config::load(&o.config).expect("loads with the token");
+}
+
+/// Issue 16 item 22: a Zigbee2MQTT home relays its topics when init is
+/// told them; a bad filter is refused naming the key, and nothing is
+/// written. Before, init had no way to set either list.
+#[test]
+fn subscribe_and_command_topics_are_written_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = InitOptions {
+        subscribe: vec!["zigbee2mqtt/#".into(), "tele/+/SENSOR".into()],
+        command_topics: vec!["zigbee2mqtt/+/set".into()],
+        ..options(dir.path(), Some("tok"), false)
+    };
+    init(&o).expect("init");
+    let text = fs::read_to_string(&o.config).expect("config");
+    assert!(
+        text.contains("\nsubscribe = [\"zigbee2mqtt/#\", \"tele/+/SENSOR\"]\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ncommand_topics = [\"zigbee2mqtt/+/set\"]\n"),
+        "{text}"
+    );
+    let loaded = hearthlink::config::load(&o.config).expect("loads");
+    assert_eq!(
+        loaded.config.mqtt.subscribe,
+        ["zigbee2mqtt/#", "tele/+/SENSOR"]
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = InitOptions {
+        subscribe: vec!["zigbee2mqtt/#/x".into()],
+        ..options(dir.path(), Some("tok"), false)
+    };
+    let e = init(&bad).expect_err("bad filter");
+    assert!(e.to_string().contains("mqtt.subscribe"), "{e}");
+    assert!(!bad.config.exists(), "nothing written");
 }
