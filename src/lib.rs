@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod privacy;
+pub mod probe;
 pub mod protocol;
 pub mod relay;
 pub mod reload;

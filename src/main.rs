@@ -50,8 +50,15 @@ enum Command {
     Run(ConfigArg),
     /// Write a first configuration (and the token file) for this gateway.
     Init(hearthlink::init::InitArgs),
-    /// Validate a configuration file and exit (0 valid, 2 invalid).
-    CheckConfig(ConfigArg),
+    /// Validate a configuration file and exit (0 valid, 2 invalid); with
+    /// --connect also connect to the broker and the cloud once (1: one failed).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also connect to the broker and open a cloud session, reporting each.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Assistant links.
     Links {
         #[command(subcommand)]
@@ -212,13 +219,16 @@ async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter
             };
             run_daemon(config, opts).await
         }
-        Command::CheckConfig(c) => {
+        Command::CheckConfig { config: c, connect } => {
             return match config::load(&c.config) {
                 Ok(loaded) => {
                     for w in &loaded.warnings {
                         eprintln!("warning: {w}");
                     }
                     println!("{}: configuration is valid", c.config.display());
+                    if connect && !hearthlink::probe::run(&loaded.config).await {
+                        return ExitCode::from(1);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -161,7 +161,7 @@ pub struct StatusTopic {
 }
 
 /// Builds the rumqttc options from the configuration.
-fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
+pub(crate) fn options(cfg: &MqttConfig, status: Option<&StatusTopic>) -> MqttOptions {
     let mut o = match &cfg.broker {
         BrokerAddr::Tcp { host, port } => MqttOptions::new(cfg.client_id.clone(), host, *port),
         // rumqttc takes the socket's path in place of the host name.

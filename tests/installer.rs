@@ -328,3 +328,47 @@ async fn status_says_what_is_down_since_when_and_the_next_try() {
     let (code, out, err) = cli(&["status"], &files.config_path).await;
     assert_eq!(code, Some(3), "no daemon, no token: {out} {err}");
 }
+
+// ------------------------------------------- 21: check-config --connect
+
+/// `check-config --connect` connects to the broker and opens a cloud
+/// session once, says so for each, and exits 0 only when both work; a
+/// refused broker is named and the exit is 1. Before, there was no way to
+/// check a configuration end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_reports_the_broker_and_the_cloud() {
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), broker.port(), &cloud);
+    let (run, accepted) = tokio::join!(
+        cli(&["check-config", "--connect"], &files.config_path),
+        cloud.accept_hello(WAIT)
+    );
+    let (code, out, err) = run;
+    assert_eq!(code, Some(0), "stdout {out} stderr {err}");
+    assert!(
+        out.contains(&format!("broker 127.0.0.1:{}: connected", broker.port())),
+        "{out}"
+    );
+    assert!(
+        out.contains("session opened (welcome, clock offset"),
+        "{out}"
+    );
+    assert_eq!(accepted.1["gateway_id"], "gw-test", "{}", accepted.1);
+
+    let refused = write_files(&Opts::default(), free_port(), &cloud);
+    let (run, _) = tokio::join!(
+        cli(&["check-config", "--connect"], &refused.config_path),
+        cloud.accept_hello(WAIT)
+    );
+    let (code, out, err) = run;
+    assert_eq!(code, Some(1), "stdout {out} stderr {err}");
+    assert!(
+        out.contains("FAILED: connection refused: is the broker running"),
+        "{out}"
+    );
+    assert!(
+        out.contains("session opened"),
+        "the cloud step still runs: {out}"
+    );
+}

@@ -120,9 +120,9 @@ impl CloudError {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-type Ws = WebSocketStream<Box<dyn Io>>;
+pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Everything the cloud task is wired to.
 pub struct Wiring {
@@ -201,7 +201,7 @@ pub async fn run(mut w: Wiring, token: CancellationToken) {
 
 /// Dials the cloud: TCP, TLS (unless an allowed `ws://`), websocket upgrade
 /// with the token and subprotocol.
-async fn connect(
+pub(crate) async fn connect(
     cfg: &CloudConfig,
     platform: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<Ws, CloudError> {
