@@ -189,6 +189,31 @@ fn init_logging(format: LogFormat, default_filter: &str) -> hearthlink::reload::
 }
 
 /// Loads the config or prints the error; `Err` carries the exit code.
+/// Where the packaged unit is installed, and the token path it loads.
+const UNIT_FILES: [&str; 2] = [
+    "/usr/lib/systemd/system/hearthlink.service",
+    "/etc/systemd/system/hearthlink.service",
+];
+const UNIT_TOKEN: &str = "/etc/hearthlink/token";
+
+/// Issue 16 item 20: the packaged unit hands the daemon a copy of
+/// [`UNIT_TOKEN`] whatever `cloud.token_file` says, so another path would
+/// pass check-config and then fail under systemd.
+fn unit_token_warning(token_file: &Path) -> Option<String> {
+    let installed = UNIT_FILES.iter().any(|u| Path::new(u).exists());
+    token_mismatch(token_file, installed)
+}
+
+fn token_mismatch(token_file: &Path, unit_installed: bool) -> Option<String> {
+    (unit_installed && token_file != Path::new(UNIT_TOKEN)).then(|| {
+        format!(
+            "cloud.token_file is {}, but the hearthlink systemd unit loads the token from {UNIT_TOKEN}              (LoadCredential) whatever this key says: move the token there, or add a drop-in              (`systemctl edit hearthlink`) with LoadCredential=token:{}",
+            token_file.display(),
+            token_file.display()
+        )
+    })
+}
+
 fn load_config(path: &Path) -> Result<config::Config, ExitCode> {
     match config::load(path) {
         Ok(loaded) => {
@@ -223,6 +248,9 @@ async fn dispatch(command: Command, set_log_level: hearthlink::reload::LogSetter
             return match config::load(&c.config) {
                 Ok(loaded) => {
                     for w in &loaded.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    if let Some(w) = unit_token_warning(&loaded.config.cloud.token_file) {
                         eprintln!("warning: {w}");
                     }
                     println!("{}: configuration is valid", c.config.display());
@@ -430,5 +458,22 @@ async fn status(path: &Path, as_json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_elsewhere_is_warned_about_only_with_the_unit_installed() {
+        let elsewhere = Path::new("/srv/secrets/cloud-token");
+        let w = token_mismatch(elsewhere, true).unwrap_or_default();
+        assert!(
+            w.contains("/srv/secrets/cloud-token") && w.contains("LoadCredential=token:"),
+            "{w}"
+        );
+        assert!(token_mismatch(Path::new(UNIT_TOKEN), true).is_none());
+        assert!(token_mismatch(elsewhere, false).is_none());
     }
 }
