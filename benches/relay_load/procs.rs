@@ -243,8 +243,8 @@ command_topics = ["ampio/to/#"]
 [limits]
 # The bench sends up to tens of thousands of commands per second from one
 # source; the default (10/s) would reject almost all of them.
-commands_per_second = 10000000
-command_burst = 10000000
+commands_per_second = 1000000
+command_burst = 1000000
 "#,
         state = state.display(),
         broker = match s.mqtt_socket {

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cloud;
 pub mod daemon;
 pub mod mqtt;
+pub mod proxy;
 pub mod rig;
 
 use std::future::Future;
