@@ -48,6 +48,9 @@ const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 pub enum MqttError {
     #[error("broker not connected")]
     Disconnected,
+    /// The PUBLISH was sent and the connection was lost before its PUBACK.
+    #[error("the broker connection was lost after the command was sent: it may have run")]
+    InDoubt,
     #[error("broker request queue full")]
     Busy,
     #[error("broker task stopped")]
@@ -453,7 +456,7 @@ impl Task {
                 }
             }
             for (_, tx) in inner.by_pkid.drain() {
-                let _ = tx.send(Err(MqttError::Disconnected));
+                let _ = tx.send(Err(MqttError::InDoubt));
             }
         }
         let why = format!("broker {}: {error}", self.addr);

@@ -3,12 +3,13 @@
 //! `netem`). Real mosquitto, the daemon in process.
 
 mod common;
+mod e2e_support;
 
 use std::time::Duration;
 
 use common::broker::Broker;
 use common::cloud::CloudServer;
-use common::daemon::{Daemon, Opts};
+use common::daemon::{write_files, Daemon, Opts};
 use common::mqtt::MqttClient;
 use common::proxy::Proxy;
 use common::rig::wait_relay_up;
@@ -141,4 +142,107 @@ async fn a_cut_in_the_middle_of_a_frame_is_redialled_and_sync_restores_the_state
     );
     conn2.expect_ack("s-1").await;
     s.daemon.stop().await;
+}
+
+const COMMANDS: usize = 20;
+
+/// The broker link is cut while 20 commands wait for their PUBACK (the
+/// proxy delays each way by 300 ms): every command is answered, none is
+/// published twice, not even when the cloud retries the `unavailable` ones
+/// under the same ids (before: each retry ran the command again, as they
+/// had reached the broker), and each one acked `ok` reached the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_while_commands_wait_for_puback_answers_each_and_doubles_none() {
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let proxy = Proxy::start(broker.port()).await;
+    let files = write_files(&Opts::default(), proxy.port, &cloud);
+    let gw = e2e_support::Gw::start(&files.config_path);
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    let mut sub = MqttClient::connect(broker.port()).await;
+    sub.subscribe("ampio/to/#").await;
+
+    proxy.set_link(Duration::from_millis(300), 0);
+    for k in 0..COMMANDS {
+        conn.command(
+            &format!("c-{k}"),
+            "ampio/to/ab12/o/1/cmd",
+            serde_json::json!({"k": k}),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    proxy.cut();
+    proxy.set_link(Duration::ZERO, 0);
+    let mut ok = Vec::new();
+    for k in 0..COMMANDS {
+        let ack = conn
+            .expect_frame(
+                "an ack",
+                |v| v["type"] == "ack" && v["id"] == format!("c-{k}").as_str(),
+                LONG_WAIT,
+            )
+            .await;
+        if ack["status"] == "ok" {
+            ok.push(k as u64);
+        }
+    }
+    let mut seen = vec![0u32; COMMANDS];
+    while let Some(m) = sub.recv(Duration::from_secs(2)).await {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if let Some(k) = v["k"].as_u64() {
+            seen[k as usize] += 1;
+        }
+    }
+    // The cloud retries what was `unavailable`, under the same ids: an ack
+    // each, and nothing that reached the broker runs again.
+    let unavailable: Vec<usize> = (0..COMMANDS)
+        .filter(|k| !ok.contains(&(*k as u64)))
+        .collect();
+    for k in unavailable {
+        conn.command(
+            &format!("c-{k}"),
+            "ampio/to/ab12/o/1/cmd",
+            serde_json::json!({"k": k}),
+        );
+        let ack = conn
+            .expect_frame(
+                "the retry's ack",
+                |v| v["type"] == "ack" && v["id"] == format!("c-{k}").as_str(),
+                LONG_WAIT,
+            )
+            .await;
+        if ack["status"] == "ok" {
+            ok.push(k as u64);
+        } else {
+            assert!(
+                ack["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("may have run")),
+                "an unavailable retry says why: {ack}"
+            );
+        }
+    }
+    while let Some(m) = sub.recv(Duration::from_secs(2)).await {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if let Some(k) = v["k"].as_u64() {
+            seen[k as usize] += 1;
+        }
+    }
+    eprintln!(
+        "faults: {} of {COMMANDS} acked ok, deliveries per command {seen:?}",
+        ok.len()
+    );
+    assert!(
+        seen.iter().all(|n| *n <= 1),
+        "a command was published twice: {seen:?}"
+    );
+    for k in &ok {
+        assert_eq!(
+            seen[*k as usize], 1,
+            "c-{k} acked ok but never reached the broker"
+        );
+    }
+    gw.stop().await;
 }

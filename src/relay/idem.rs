@@ -111,9 +111,14 @@ impl IdemStore {
 
     /// Records the final outcome of `id`. Returns how many duplicates were
     /// waiting for it; each gets the same ack.
-    pub fn finish(&mut self, id: &str, outcome: &Outcome, now: Instant) -> usize {
+    /// `in_doubt`: the command may have run (see [`Idem::record_in_doubt`]).
+    pub fn finish(&mut self, id: &str, outcome: &Outcome, now: Instant, in_doubt: bool) -> usize {
         let waiting = self.running.remove(id).unwrap_or(0);
-        self.record(id, outcome, now);
+        if in_doubt {
+            self.record_in_doubt(id, outcome, now);
+        } else {
+            self.record(id, outcome, now);
+        }
         waiting
     }
 
@@ -124,6 +129,13 @@ impl IdemStore {
                 return;
             }
         }
+        self.record_in_doubt(id, outcome, now);
+    }
+
+    /// Remembers an outcome even when it is retryable: for a command that
+    /// reached the broker before the connection was lost, a retry under the
+    /// same id must get this ack again rather than run it twice.
+    pub fn record_in_doubt(&mut self, id: &str, outcome: &Outcome, now: Instant) {
         if self.done.contains_key(id) {
             return; // the first ack stays
         }
@@ -158,7 +170,7 @@ mod tests {
         assert_eq!(s.check("c-1", t0), Seen::New);
         s.start("c-1");
         assert_eq!(s.check("c-1", t0), Seen::Running);
-        assert_eq!(s.finish("c-1", &Outcome::Ok, t0), 1);
+        assert_eq!(s.finish("c-1", &Outcome::Ok, t0, false), 1);
         assert_eq!(
             s.check("c-1", t0 + Duration::from_secs(599)),
             Seen::Done(Outcome::Ok)
@@ -176,6 +188,24 @@ mod tests {
         assert_eq!(s.check("a", t0), Seen::New);
         assert_eq!(s.check("b", t0), Seen::New);
         assert!(matches!(s.check("c", t0), Seen::Done(_)));
+    }
+
+    #[test]
+    fn an_unavailable_in_doubt_is_remembered() {
+        let mut s = IdemStore::default();
+        let t0 = Instant::now();
+        let in_doubt = Outcome::rejected(Reason::Unavailable, "it may have run");
+        s.start("d");
+        s.finish("d", &in_doubt, t0, true);
+        assert_eq!(s.check("d", t0), Seen::Done(in_doubt));
+        s.start("e");
+        s.finish(
+            "e",
+            &Outcome::rejected(Reason::Unavailable, "not sent"),
+            t0,
+            false,
+        );
+        assert_eq!(s.check("e", t0), Seen::New);
     }
 
     #[test]

@@ -234,6 +234,8 @@ struct Completion {
     id: String,
     outcome: Outcome,
     command: bool,
+    /// The command may have run although the ack is `unavailable`.
+    in_doubt: bool,
 }
 
 struct Relay {
@@ -660,12 +662,25 @@ impl Relay {
         command: bool,
         fut: impl Future<Output = Outcome> + Send + 'static,
     ) {
+        self.wait_for_settled(id, command, async move { (fut.await, false) });
+    }
+
+    /// [`Relay::wait_for`] whose future also says whether the outcome is
+    /// in doubt (the command may have run).
+    fn wait_for_settled(
+        &mut self,
+        id: String,
+        command: bool,
+        fut: impl Future<Output = (Outcome, bool)> + Send + 'static,
+    ) {
         self.idem.start(&id);
         self.pending.push(Box::pin(async move {
+            let (outcome, in_doubt) = fut.await;
             Completion {
-                outcome: fut.await,
+                outcome,
                 id,
                 command,
+                in_doubt,
             }
         }));
     }
@@ -679,7 +694,9 @@ impl Relay {
     /// that waited for it too.
     fn queue_completion(&mut self, c: Completion) {
         self.count(c.command, &c.outcome);
-        let waiting = self.idem.finish(&c.id, &c.outcome, Instant::now());
+        let waiting = self
+            .idem
+            .finish(&c.id, &c.outcome, Instant::now(), c.in_doubt);
         let text = protocol::encode_ack(&c.id, &c.outcome);
         for _ in 0..waiting {
             self.queue_control(text.clone());
@@ -716,11 +733,19 @@ impl Relay {
                     // (MQTT keepalive) tells its fate. Answering `unavailable`
                     // earlier would invite a retry of a command the broker
                     // may still run.
-                    Ok(rx) => self.wait_for(cmd.id, true, async move {
+                    // Lost after it was sent: remembered, so a retry under
+                    // the same id is answered again instead of run twice.
+                    Ok(rx) => self.wait_for_settled(cmd.id, true, async move {
                         match rx.await {
-                            Ok(Ok(())) => Outcome::Ok,
-                            Ok(Err(e)) => Outcome::rejected(Reason::Unavailable, e.to_string()),
-                            Err(_) => Outcome::rejected(Reason::Unavailable, "broker task stopped"),
+                            Ok(Ok(())) => (Outcome::Ok, false),
+                            Ok(Err(e)) => (
+                                Outcome::rejected(Reason::Unavailable, e.to_string()),
+                                e == crate::mqtt::MqttError::InDoubt,
+                            ),
+                            Err(_) => (
+                                Outcome::rejected(Reason::Unavailable, "broker task stopped"),
+                                false,
+                            ),
                         }
                     }),
                 }
@@ -761,6 +786,7 @@ impl Relay {
             outcome: Outcome::Ok,
             id: run.id,
             command: false,
+            in_doubt: false,
         });
         self.control.pop_front()
     }

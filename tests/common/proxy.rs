@@ -25,6 +25,8 @@ struct Faults {
     reset_after: AtomicI64,
     /// Connections accepted so far.
     accepted: AtomicU64,
+    /// Cancelled by [`Proxy::cut`]: every connection open at that time.
+    cut: std::sync::Mutex<CancellationToken>,
 }
 
 pub struct Proxy {
@@ -73,6 +75,13 @@ impl Proxy {
             .store(bits_per_s / 8, Ordering::Relaxed);
     }
 
+    /// Closes every connection open now (new ones go through).
+    pub fn cut(&self) {
+        let mut cut = self.faults.cut.lock().expect("cut lock");
+        cut.cancel();
+        *cut = CancellationToken::new();
+    }
+
     /// Resets the next client-to-target stream after `bytes` more bytes.
     pub fn reset_after(&self, bytes: i64) {
         self.faults.reset_after.store(bytes, Ordering::Relaxed);
@@ -91,6 +100,14 @@ impl Drop for Proxy {
 
 async fn serve(client: TcpStream, server: TcpStream, f: Arc<Faults>, stop: CancellationToken) {
     let conn = stop.child_token();
+    let cut = f.cut.lock().expect("cut lock").clone();
+    let on_cut = conn.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cut.cancelled() => on_cut.cancel(),
+            _ = on_cut.cancelled() => {}
+        }
+    });
     if f.reset_after.load(Ordering::Relaxed) >= 0 {
         // Closing this connection will send RST, not FIN.
         let _ = client.set_zero_linger();
@@ -151,9 +168,16 @@ async fn pump(
                 conn.cancel();
                 return;
             }
-            tokio::time::sleep_until(due).await;
+            tokio::select! {
+                _ = conn.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
             let rate = f.bytes_per_s.load(Ordering::Relaxed);
-            if to.write_all(&chunk).await.is_err() {
+            let written = tokio::select! {
+                _ = conn.cancelled() => return,
+                w = to.write_all(&chunk) => w,
+            };
+            if written.is_err() {
                 conn.cancel();
                 return;
             }
