@@ -246,3 +246,109 @@ async fn a_broker_cut_while_commands_wait_for_puback_answers_each_and_doubles_no
     }
     gw.stop().await;
 }
+
+/// The cloud's clock jumps three hours between two welcomes: the gateway
+/// takes the new offset at once. State frames carry the new cloud time, a
+/// command valid on the new clock runs, and one that was valid on the old
+/// clock only is `expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_offset_jumping_by_hours_between_two_welcomes_is_followed() {
+    use common::cloud::{Behavior, Welcome};
+    use common::now_ms;
+    const JUMP_MS: i64 = 3 * 3600 * 1000;
+    let broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), broker.port(), &cloud);
+    let gw = e2e_support::Gw::start(&files.config_path);
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+
+    cloud.set_behavior(Behavior {
+        welcome: Welcome::Auto {
+            offset_ms: JUMP_MS,
+            heartbeat_s: None,
+        },
+        ..Behavior::default()
+    });
+    conn.drop_tcp();
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+
+    client.publish("ampio/from/clock/x", r#"{"v":1}"#, 1).await;
+    let frame = conn
+        .expect_frame(
+            "state after the jump",
+            |v| v["topic"] == "ampio/from/clock/x",
+            WAIT,
+        )
+        .await;
+    let ts = frame["ts"].as_i64().expect("ts");
+    assert!(
+        (ts - (now_ms() + JUMP_MS)).abs() < 60_000,
+        "ts {ts} is not on the new clock"
+    );
+
+    let send = |id: &str, expires_at: i64| {
+        conn.send(
+            &serde_json::json!({"type": "command", "id": id, "source": "app",
+            "topic": "ampio/to/ab12/o/1/cmd", "payload": {"v": 1}, "expires_at": expires_at}),
+        );
+    };
+    send("new-clock", now_ms() + JUMP_MS + 60_000);
+    send("old-clock", now_ms() + 60_000);
+    let new = conn.expect_ack("new-clock").await;
+    assert_eq!(new["status"], "ok", "{new}");
+    let old = conn.expect_ack("old-clock").await;
+    assert_eq!(old["reason"], "expired", "{old}");
+    gw.stop().await;
+}
+
+/// The broker goes away in the middle of a link's traffic and a revoke
+/// arrives while it is down: the revoke is acked `ok` at once (it needs
+/// the disk, not the broker), and after the broker is back the link gets
+/// nothing more while the app gets the state again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_during_a_revoke_leaves_the_link_revoked() {
+    let mut broker = Broker::start();
+    let mut cloud = CloudServer::start().await;
+    let files = write_files(&Opts::default(), broker.port(), &cloud);
+    let gw = e2e_support::Gw::start(&files.config_path);
+    let (mut conn, _) = cloud.accept_hello(LONG_WAIT).await;
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    e2e_support::link_ok(&mut conn, "l-1", "rs-1", &["ampio/from/rs/#"]).await;
+    client.publish("ampio/from/rs/a", r#"{"v":1}"#, 1).await;
+    conn.expect_frame(
+        "a link frame",
+        |v| e2e_support::is_link_frame(v, "rs-1"),
+        WAIT,
+    )
+    .await;
+
+    broker.kill();
+    e2e_support::send_revoke(&conn, "r-1", "rs-1");
+    let ack = conn.expect_ack("r-1").await;
+    assert_eq!(ack["status"], "ok", "revoke with the broker down: {ack}");
+    broker.restart();
+    let client = MqttClient::connect(broker.port()).await;
+    wait_relay_up(&mut conn, &client, LONG_WAIT).await;
+    client.publish("ampio/from/rs/a", r#"{"v":2}"#, 1).await;
+    conn.expect_frame(
+        "the app frame",
+        |v| v["topic"] == "ampio/from/rs/a" && v["audience"] == "app" && v["payload"]["v"] == 2,
+        WAIT,
+    )
+    .await;
+    let late = conn
+        .collect(
+            |v| e2e_support::is_link_frame(v, "rs-1") && v["payload"]["v"] == 2,
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(
+        late.is_empty(),
+        "a revoked link got state after the broker came back: {late:?}"
+    );
+    gw.stop().await;
+}
