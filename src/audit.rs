@@ -308,13 +308,12 @@ pub fn spawn(
     token: CancellationToken,
 ) -> (AuditHandle, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let writer = Writer {
-        dir: state_dir.to_path_buf(),
-        max_bytes: cfg.max_file_bytes,
-        max_files: cfg.max_files as usize,
-        retention: Duration::from_secs(u64::from(cfg.retention_days) * 86_400),
-        opened: Instant::now(),
-    };
+    let writer = Writer::new(
+        state_dir.to_path_buf(),
+        cfg.max_file_bytes,
+        cfg.max_files as usize,
+        Duration::from_secs(u64::from(cfg.retention_days) * 86_400),
+    );
     (AuditHandle { tx }, run(writer, rx, token))
 }
 
@@ -356,13 +355,7 @@ async fn off_thread(mut w: Writer, f: impl FnOnce(&mut Writer) + Send + 'static)
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "audit write task failed");
-            Writer {
-                dir,
-                max_bytes,
-                max_files,
-                retention,
-                opened: Instant::now(),
-            }
+            Writer::new(dir, max_bytes, max_files, retention)
         }
     }
 }
@@ -373,9 +366,23 @@ struct Writer {
     max_files: usize,
     retention: Duration,
     opened: Instant,
+    /// Whole lines a failed write left (a full disk, say), written first
+    /// next time; at most `max_bytes`, the oldest dropped beyond.
+    unwritten: Vec<u8>,
 }
 
 impl Writer {
+    fn new(dir: PathBuf, max_bytes: u64, max_files: usize, retention: Duration) -> Writer {
+        Writer {
+            dir,
+            max_bytes,
+            max_files,
+            retention,
+            opened: Instant::now(),
+            unwritten: Vec::new(),
+        }
+    }
+
     fn path(&self) -> PathBuf {
         self.dir.join(AUDIT_FILE)
     }
@@ -384,13 +391,21 @@ impl Writer {
     /// a non-empty file past `max_bytes`: a file exceeds the bound only by
     /// a single record larger than the bound itself (edge rule 20).
     fn append(&mut self, records: &[Record]) {
-        if records.is_empty() {
+        if records.is_empty() && self.unwritten.is_empty() {
             return;
         }
         let path = self.path();
         let mut len = crate::statefile::open_read(&path)
             .and_then(|f| f.metadata())
             .map_or(0, |m| m.len());
+        // Lines a failed write kept go first, into a fresh file if the
+        // current one has no room for them.
+        let kept = self.unwritten.len() as u64;
+        if kept > 0 && len > 0 && len + kept > self.max_bytes {
+            self.rotate();
+            len = 0;
+        }
+        len += kept;
         let mut lines = Vec::new();
         for r in records {
             let mark = lines.len();
@@ -402,6 +417,7 @@ impl Writer {
             lines.push(b'\n');
             if len + lines.len() as u64 > self.max_bytes && len + mark as u64 > 0 {
                 if !self.write(&lines[..mark]) {
+                    self.keep(&lines[mark..]);
                     return;
                 }
                 self.rotate();
@@ -414,18 +430,52 @@ impl Writer {
         }
     }
 
-    /// Appends whole lines to the current file; false when that failed.
-    fn write(&self, lines: &[u8]) -> bool {
+    /// Appends whole lines to the current file, after what an earlier
+    /// failure left; false when that failed (the lines are kept for later).
+    fn write(&mut self, lines: &[u8]) -> bool {
+        let path = self.path();
+        if !self.unwritten.is_empty() {
+            if let Err(e) = crate::durable::append_lines(&path, &self.unwritten, 0o600) {
+                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed; kept in memory for the next try");
+                self.keep(lines);
+                return false;
+            }
+            tracing::info!(
+                bytes = self.unwritten.len(),
+                "audit records kept after a failed write are written now"
+            );
+            self.unwritten.clear();
+        }
         if lines.is_empty() {
             return true;
         }
-        let path = self.path();
         match crate::durable::append_lines(&path, lines, 0o600) {
             Ok(_) => true,
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed");
+                tracing::error!(path = %path.display(), error = %e, "writing the audit trail failed; kept in memory for the next try");
+                self.keep(lines);
                 false
             }
+        }
+    }
+
+    /// Keeps whole `lines` for the next write, within `max_bytes` (the
+    /// oldest lines go first, and how many is logged).
+    fn keep(&mut self, lines: &[u8]) {
+        self.unwritten.extend_from_slice(lines);
+        let bound = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        let mut dropped = 0;
+        while self.unwritten.len() > bound {
+            let cut =
+                memchr::memchr(b'\n', &self.unwritten).map_or(self.unwritten.len(), |i| i + 1);
+            self.unwritten.drain(..cut);
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                "audit records lost: more failed to be written than audit.max_file_bytes"
+            );
         }
     }
 
@@ -654,13 +704,12 @@ mod tests {
     #[test]
     fn write_rotate_and_export() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = Writer {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 200,
-            max_files: 10,
-            retention: Duration::from_secs(86_400),
-            opened: Instant::now(),
-        };
+        let mut w = Writer::new(
+            dir.path().to_path_buf(),
+            200,
+            10,
+            Duration::from_secs(86_400),
+        );
         for i in 0..5 {
             w.append(&[Record::Revoke {
                 ts: i,
@@ -683,16 +732,62 @@ mod tests {
         assert!(one.get("unreadable").is_none());
     }
 
+    /// A write that fails (a full disk; here the state dir is a file)
+    /// keeps its records, within max_bytes, and the next write puts them in
+    /// first. Before, they were dropped with an error line.
+    #[test]
+    fn records_a_failed_write_left_are_written_next_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"x").expect("file");
+        let mut w = Writer::new(not_a_dir, 400, 1000, Duration::from_secs(86_400));
+        let revoke = |i: i64| Record::Revoke {
+            ts: i,
+            link: format!("l{i}"),
+            kind: None,
+            origin: Origin::Local,
+        };
+        for i in 0..20 {
+            w.append(&[revoke(i)]);
+        }
+        assert!(
+            !w.unwritten.is_empty() && w.unwritten.len() <= 400,
+            "{}",
+            w.unwritten.len()
+        );
+        let kept = w.unwritten.iter().filter(|b| **b == b'\n').count();
+        assert!(kept < 20, "the oldest are dropped beyond max_bytes");
+        w.dir = dir.path().to_path_buf();
+        w.append(&[revoke(20)]);
+        assert!(w.unwritten.is_empty());
+        let all = read_all(dir.path(), None).expect("read");
+        assert_eq!(
+            all.records.len(),
+            kept + 1,
+            "every kept record, then the new one"
+        );
+        assert!(all.unreadable.is_empty(), "{:?}", all.unreadable);
+        let last: Vec<i64> = all
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Revoke { ts, .. } => Some(*ts),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(last.last(), Some(&20), "{last:?}");
+        assert!(last.windows(2).all(|w| w[0] < w[1]), "in order: {last:?}");
+    }
+
     #[test]
     fn one_large_flush_is_split_into_files_within_the_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = Writer {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1000,
-            max_files: 1000,
-            retention: Duration::from_secs(86_400),
-            opened: Instant::now(),
-        };
+        let mut w = Writer::new(
+            dir.path().to_path_buf(),
+            1000,
+            1000,
+            Duration::from_secs(86_400),
+        );
         let revoke = |i: i64, link: String| Record::Revoke {
             ts: i,
             link,
