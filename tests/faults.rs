@@ -146,6 +146,17 @@ async fn a_cut_in_the_middle_of_a_frame_is_redialled_and_sync_restores_the_state
 
 const COMMANDS: usize = 20;
 
+/// The ack of command `c-<k>`.
+async fn ack_of(conn: &mut common::cloud::Conn, k: usize) -> Value {
+    let id = format!("c-{k}");
+    conn.expect_frame(
+        "an ack",
+        |v| v["type"] == "ack" && v["id"] == id.as_str(),
+        LONG_WAIT,
+    )
+    .await
+}
+
 /// The broker link is cut while 20 commands wait for their PUBACK (the
 /// proxy delays each way by 300 ms): every command is answered, none is
 /// published twice, not even when the cloud retries the `unavailable` ones
@@ -177,13 +188,7 @@ async fn a_broker_cut_while_commands_wait_for_puback_answers_each_and_doubles_no
     proxy.set_link(Duration::ZERO, 0);
     let mut ok = Vec::new();
     for k in 0..COMMANDS {
-        let ack = conn
-            .expect_frame(
-                "an ack",
-                |v| v["type"] == "ack" && v["id"] == format!("c-{k}").as_str(),
-                LONG_WAIT,
-            )
-            .await;
+        let ack = ack_of(&mut conn, k).await;
         if ack["status"] == "ok" {
             ok.push(k as u64);
         }
@@ -206,13 +211,7 @@ async fn a_broker_cut_while_commands_wait_for_puback_answers_each_and_doubles_no
             "ampio/to/ab12/o/1/cmd",
             serde_json::json!({"k": k}),
         );
-        let ack = conn
-            .expect_frame(
-                "the retry's ack",
-                |v| v["type"] == "ack" && v["id"] == format!("c-{k}").as_str(),
-                LONG_WAIT,
-            )
-            .await;
+        let ack = ack_of(&mut conn, k).await;
         if ack["status"] == "ok" {
             ok.push(k as u64);
         } else {

@@ -214,44 +214,34 @@ impl Oracle {
         (policy, oracle)
     }
 
-    /// Rules 6.1.1 and 6.1.2: the whole key or one of its words is listed.
-    fn personal(&self, key: &str) -> bool {
-        let memo_key = format!("personal:{key}");
-        if let Some(known) = self
-            .memo
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&memo_key).copied())
-        {
+    /// `f()`, remembered under `key`.
+    fn memoized(&self, key: String, f: impl FnOnce() -> bool) -> bool {
+        if let Some(known) = self.memo.lock().ok().and_then(|m| m.get(&key).copied()) {
             return known;
         }
-        let prepared = oracle_prepare(key);
-        let personal = std::iter::once(prepared.clone())
-            .chain(oracle_words(&prepared))
-            .any(|piece| oracle_forms(&piece).iter().any(|f| self.strip.contains(f)));
+        let value = f();
         if let Ok(mut memo) = self.memo.lock() {
-            memo.insert(memo_key, personal);
+            memo.insert(key, value);
         }
-        personal
+        value
+    }
+
+    /// Rules 6.1.1 and 6.1.2: the whole key or one of its words is listed.
+    fn personal(&self, key: &str) -> bool {
+        self.memoized(format!("personal:{key}"), || {
+            let prepared = oracle_prepare(key);
+            std::iter::once(prepared.clone())
+                .chain(oracle_words(&prepared))
+                .any(|piece| oracle_forms(&piece).iter().any(|f| self.strip.contains(f)))
+        })
     }
 
     fn allowed(&self, key: &str) -> bool {
-        let memo_key = format!("allowed:{key}");
-        if let Some(known) = self
-            .memo
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&memo_key).copied())
-        {
-            return known;
-        }
-        let allowed = oracle_forms(&oracle_prepare(key))
-            .iter()
-            .any(|f| self.allow.contains(f));
-        if let Ok(mut memo) = self.memo.lock() {
-            memo.insert(memo_key, allowed);
-        }
-        allowed
+        self.memoized(format!("allowed:{key}"), || {
+            oracle_forms(&oracle_prepare(key))
+                .iter()
+                .any(|f| self.allow.contains(f))
+        })
     }
 
     fn keeps(&self, key: &str) -> bool {
