@@ -201,12 +201,13 @@ impl Policy {
     /// True when the key or one of its words is a strip key (rules 6.1.1, 6.1.2).
     pub fn is_personal(&self, key: &str) -> bool {
         let prepared = keys::prepare(key);
-        let listed = |piece: &str| {
-            keys::forms(piece)
-                .iter()
-                .any(|f| self.strip.binary_search(f).is_ok())
-        };
-        listed(&prepared) || keys::words(&prepared).any(listed)
+        self.personal_prepared(&prepared, &keys::forms(&prepared))
+    }
+
+    /// [`Policy::is_personal`] of a prepared key whose whole forms are known.
+    fn personal_prepared(&self, prepared: &str, whole: &[String; 2]) -> bool {
+        any_listed(&self.strip, whole)
+            || keys::words(prepared).any(|w| any_listed(&self.strip, &keys::forms(w)))
     }
 
     /// True when a member with this key survives the filter (its value is
@@ -230,14 +231,17 @@ impl Policy {
     }
 
     fn decide(&self, key: &str) -> bool {
-        if contains_email(key) || self.is_personal(key) {
+        if contains_email(key) {
+            return false;
+        }
+        let prepared = keys::prepare(key);
+        let whole = keys::forms(&prepared);
+        if self.personal_prepared(&prepared, &whole) {
             return false;
         }
         match self.mode {
             Mode::Deny => true,
-            Mode::Allow => key_forms(key)
-                .iter()
-                .any(|f| self.allow.binary_search(f).is_ok()),
+            Mode::Allow => any_listed(&self.allow, &whole),
         }
     }
 
@@ -266,6 +270,11 @@ impl Policy {
             Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
         })
     }
+}
+
+/// True when one of `forms` is in the sorted `list`.
+fn any_listed(list: &[String], forms: &[String; 2]) -> bool {
+    forms.iter().any(|f| list.binary_search(f).is_ok())
 }
 
 /// Depth inside a container entered at `depth`, or the refusal.
