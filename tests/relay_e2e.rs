@@ -489,6 +489,14 @@ async fn broker_killed_then_restarted() {
     drop(client);
 
     rig.broker.kill();
+    // "During the outage" means once the daemon knows it: a command sent
+    // into the dying connection before that is in doubt (protocol note 30)
+    // and its `unavailable` is remembered, which is not what this tests.
+    let noticed = common::wait_until(WAIT, || async {
+        rig.daemon.status().await["broker"]["connected"] == false
+    })
+    .await;
+    assert!(noticed, "the daemon never saw the broker go");
     rig.conn.command("u-1", CMD_TOPIC, json!("during outage 1"));
     assert_rejected(&rig.conn.expect_ack("u-1").await, "unavailable");
     rig.conn.command("u-2", CMD_TOPIC, json!("during outage 2"));
